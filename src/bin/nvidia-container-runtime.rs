@@ -1,0 +1,78 @@
+//! `nvidia-container-runtime`: registered with an engine in place of runc.
+//! Thin: the logic is in [`nvidia_container_runtime::runtime`].
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+
+use nvidia_container_runtime::{argv, config::Config, logging, runtime};
+
+fn main() {
+    let args = argv::collect_args();
+    let invocation = argv::scan(&args);
+    let env = |key: &str| std::env::var(key).ok();
+
+    let result = Config::load(env)
+        .map_err(runtime::RuntimeError::from)
+        .and_then(|(config, source)| {
+            logging::init_debug_log(
+                &config.nvidia_container_runtime.debug,
+                &config.nvidia_container_runtime.log_level,
+            );
+            tracing::debug!(?source, unknown_keys = ?config.unknown_keys(), "config loaded");
+            let self_exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+            let path_env = std::env::var("PATH").ok();
+            runtime::prepare(
+                &args,
+                &invocation,
+                (&config, &source),
+                path_env.as_deref(),
+                &self_exe,
+            )
+        });
+
+    let prepared = match result {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            let message = logging::error_chain(&error);
+            tracing::error!("{message}");
+            logging::write_runtime_log(
+                invocation.log_path.as_deref(),
+                invocation.log_is_json(),
+                &message,
+            );
+            eprintln!("nvidia-container-runtime: {message}");
+            std::process::exit(1);
+        }
+    };
+
+    if prepared.print_version {
+        print!("{}", runtime::version_banner());
+        let _ = std::io::stdout().flush();
+    }
+    exec(&prepared);
+}
+
+/// Replaces this process with the real runtime, so that its exit code,
+/// stdio, terminal and signals are the engine's to see (contract.md §1).
+fn exec(prepared: &runtime::Prepared) -> ! {
+    let to_cstring = |bytes: &[u8]| CString::new(bytes).ok();
+    let program = to_cstring(prepared.runtime.as_os_str().as_bytes());
+    let args: Option<Vec<CString>> = prepared
+        .argv
+        .iter()
+        .map(|arg| to_cstring(arg.as_bytes()))
+        .collect();
+    let error = match (program, args) {
+        (Some(program), Some(args)) => nix::unistd::execv(&program, &args)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default(),
+        _ => "an argument contains a NUL byte".to_string(),
+    };
+    eprintln!(
+        "nvidia-container-runtime: cannot exec {}: {error}",
+        prepared.runtime.display()
+    );
+    std::process::exit(1);
+}

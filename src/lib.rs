@@ -1,0 +1,20 @@
+//! A GPU container runtime in front of runc.
+//!
+//! The data flows top-down through the modules: [`argv`] (what the engine
+//! asked) -> [`config`] -> [`request`] (what the container asks for) ->
+//! [`driver`] (what the host has) -> [`edits`] (what the container gets) ->
+//! [`spec`] (config.json patched) -> [`runtime`] (exec the real runtime).
+//! [`ldcache`], [`elf`] and [`confined`] are the file-format and path helpers
+//! they share; [`logging`] reports errors the way engines read them.
+
+pub mod argv;
+pub mod config;
+pub mod confined;
+pub mod driver;
+pub mod edits;
+pub mod elf;
+pub mod ldcache;
+pub mod logging;
+pub mod request;
+pub mod runtime;
+pub mod spec;

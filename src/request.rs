@@ -1,0 +1,716 @@
+//! The request: what a container asks for, read from its `config.json`.
+//!
+//! One owner for contract.md §2, shared by the runtime (on `create`) and the
+//! hook: `NVIDIA_VISIBLE_DEVICES` (or the `swarm-resource` variables, or
+//! `/var/run/nvidia-container-devices/<id>` mount requests), the driver
+//! capabilities, the `NVIDIA_REQUIRE_*` constraints, the legacy `CUDA_VERSION`
+//! rule and the unprivileged-trust setting. Nothing here touches the host.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::config::Config;
+
+pub const VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+pub const DRIVER_CAPABILITIES: &str = "NVIDIA_DRIVER_CAPABILITIES";
+pub const DISABLE_REQUIRE: &str = "NVIDIA_DISABLE_REQUIRE";
+pub const REQUIRE_PREFIX: &str = "NVIDIA_REQUIRE_";
+pub const REQUIRE_CUDA: &str = "NVIDIA_REQUIRE_CUDA";
+pub const LEGACY_CUDA_VERSION: &str = "CUDA_VERSION";
+/// Mount destinations under these dirs are device requests (when enabled).
+pub const DEVICE_MOUNT_DIRS: &[&str] = &[
+    "/var/run/nvidia-container-devices/",
+    "/run/nvidia-container-devices/",
+];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("{variable} names unknown driver capability \"{name}\": use a comma list of compute, compat32, graphics, utility, video, display, ngx, or all")]
+    UnknownCapability { variable: String, name: String },
+    #[error("{source_name} has an empty device in \"{value}\": use a comma list of GPU indices, UUIDs or PCI bus ids, or all, none, void")]
+    EmptyDevice { source_name: String, value: String },
+    #[error("{source_name} names device \"{device}\", which is not a GPU index, a GPU UUID (GPU-...) or a PCI bus id (0000:3b:00.0): fix the value")]
+    MalformedDevice { source_name: String, device: String },
+    #[error("{source_name} names MIG device \"{device}\": MIG device requests are not supported by this runtime yet; request the whole GPU instead")]
+    MigUnsupported { source_name: String, device: String },
+    #[error("{source_name} names CDI device \"{device}\": CDI device requests are not supported by this runtime yet; request the GPU by index or UUID instead")]
+    CdiUnsupported { source_name: String, device: String },
+    #[error("config.json is not an OCI runtime spec: {field} must be {expected}")]
+    BadSpecField {
+        field: &'static str,
+        expected: &'static str,
+    },
+}
+
+/// A PCI bus id, compared numerically so that `0000:3b:00.0` (procfs, 16-bit
+/// domain) and `00000000:3B:00.0` (NVML, 32-bit domain) are the same GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BusId {
+    pub domain: u32,
+    pub bus: u8,
+    pub device: u8,
+    pub function: u8,
+}
+
+impl BusId {
+    /// Parses `DDDD:BB:DD.F` or `DDDDDDDD:BB:DD.F` (hex, any case).
+    pub fn parse(text: &str) -> Option<BusId> {
+        let (domain, rest) = text.split_once(':')?;
+        let (bus, rest) = rest.split_once(':')?;
+        let (device, function) = rest.split_once('.')?;
+        let hex = |s: &str, max_len: usize| {
+            (!s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u32::from_str_radix(s, 16).ok())
+                .flatten()
+        };
+        if domain.len() != 4 && domain.len() != 8 {
+            return None;
+        }
+        Some(BusId {
+            domain: hex(domain, 8)?,
+            bus: u8::try_from(hex(bus, 2)?).ok()?,
+            device: u8::try_from(hex(device, 2)?).ok()?,
+            function: u8::try_from(hex(function, 1)?).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for BusId {
+    /// The procfs (16-bit domain) form when the domain fits, as NVIDIA's
+    /// tools print it in `/proc/driver/nvidia/gpus`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.device, self.function
+        )
+    }
+}
+
+/// One device named in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceId {
+    Index(u32),
+    /// A full `GPU-...` UUID, as written (matched case-insensitively).
+    Uuid(String),
+    BusId(BusId),
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceId::Index(index) => write!(f, "{index}"),
+            DeviceId::Uuid(uuid) => f.write_str(uuid),
+            DeviceId::BusId(bus) => write!(f, "{bus}"),
+        }
+    }
+}
+
+/// Which GPUs a GPU container gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Devices {
+    /// Every GPU of the host.
+    All,
+    /// No GPU device node, but the driver's files and control nodes.
+    NoGpu,
+    /// These GPUs, in the order asked (duplicates removed later).
+    List(Vec<DeviceId>),
+}
+
+/// A driver capability (contract.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Capability {
+    Compute,
+    Compat32,
+    Graphics,
+    Utility,
+    Video,
+    Display,
+    Ngx,
+}
+
+impl Capability {
+    pub const ALL: [Capability; 7] = [
+        Capability::Compute,
+        Capability::Compat32,
+        Capability::Graphics,
+        Capability::Utility,
+        Capability::Video,
+        Capability::Display,
+        Capability::Ngx,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Compute => "compute",
+            Capability::Compat32 => "compat32",
+            Capability::Graphics => "graphics",
+            Capability::Utility => "utility",
+            Capability::Video => "video",
+            Capability::Display => "display",
+            Capability::Ngx => "ngx",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Capability> {
+        Capability::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of capabilities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities(u8);
+
+impl Capabilities {
+    pub fn all() -> Capabilities {
+        Capability::ALL.into_iter().collect()
+    }
+
+    pub fn contains(self, capability: Capability) -> bool {
+        self.0 & capability.bit() != 0
+    }
+
+    pub fn insert(&mut self, capability: Capability) {
+        self.0 |= capability.bit();
+    }
+
+    pub fn intersection(self, other: Capabilities) -> Capabilities {
+        Capabilities(self.0 & other.0)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Capability> {
+        Capability::ALL
+            .into_iter()
+            .filter(move |c| self.contains(*c))
+    }
+
+    /// Parses a comma list (`all` = every capability); `variable` names the
+    /// source in the error.
+    pub fn parse(list: &str, variable: &str) -> Result<Capabilities, RequestError> {
+        let mut set = Capabilities::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                set = Capabilities::all();
+                continue;
+            }
+            match Capability::from_name(name) {
+                Some(capability) => set.insert(capability),
+                None => {
+                    return Err(RequestError::UnknownCapability {
+                        variable: variable.to_string(),
+                        name: name.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl FromIterator<Capability> for Capabilities {
+    fn from_iter<I: IntoIterator<Item = Capability>>(iter: I) -> Self {
+        let mut set = Capabilities::default();
+        for capability in iter {
+            set.insert(capability);
+        }
+        set
+    }
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(Capability::name).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// A GPU container's request. `None` from [`Request::from_spec`] means the
+/// container is not a GPU container and must be left alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub devices: Devices,
+    /// Where the device list came from (`NVIDIA_VISIBLE_DEVICES`, a swarm
+    /// variable, mounts), to name it in errors.
+    pub devices_source: String,
+    pub capabilities: Capabilities,
+    /// `(variable, expression)` of every `NVIDIA_REQUIRE_*`, plus the legacy
+    /// `CUDA_VERSION` rule as `("CUDA_VERSION", "cuda>=X.Y")`.
+    pub requirements: Vec<(String, String)>,
+    /// `NVIDIA_DISABLE_REQUIRE` or the config's `disable-require`.
+    pub disable_require: bool,
+    /// CAP_SYS_ADMIN in the bounding set: what runc calls privileged.
+    pub privileged: bool,
+}
+
+/// The container's environment as the container will see it: the last entry
+/// of a key wins (docker `--gpus` appends its own), entries without `=` are
+/// ignored like the kernel's execve does not care about them.
+pub fn environment(spec: &Value) -> Result<HashMap<&str, &str>, RequestError> {
+    let mut env = HashMap::new();
+    let Some(list) = spec.pointer("/process/env") else {
+        return Ok(env);
+    };
+    let list = list.as_array().ok_or(RequestError::BadSpecField {
+        field: "process.env",
+        expected: "a list of strings",
+    })?;
+    for entry in list {
+        let Some(entry) = entry.as_str() else {
+            return Err(RequestError::BadSpecField {
+                field: "process.env",
+                expected: "a list of strings",
+            });
+        };
+        if let Some((key, value)) = entry.split_once('=') {
+            env.insert(key, value);
+        }
+    }
+    Ok(env)
+}
+
+/// CAP_SYS_ADMIN in `process.capabilities.bounding`.
+pub fn is_privileged(spec: &Value) -> bool {
+    spec.pointer("/process/capabilities/bounding")
+        .and_then(Value::as_array)
+        .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some("CAP_SYS_ADMIN")))
+}
+
+/// Device ids asked for by `/var/run/nvidia-container-devices/<id>` mounts.
+fn devices_from_mounts(spec: &Value) -> Vec<String> {
+    let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    mounts
+        .iter()
+        .filter_map(|mount| {
+            let destination = mount.get("destination")?.as_str()?;
+            DEVICE_MOUNT_DIRS.iter().find_map(|dir| {
+                destination
+                    .strip_prefix(dir)
+                    .map(|id| id.trim_end_matches('/').to_string())
+            })
+        })
+        .filter(|id| !id.is_empty())
+        .collect()
+}
+
+fn is_truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "y" | "on" | "enabled" | "t"
+    )
+}
+
+/// Parses a device list (`all`, `none`, `void`, or a comma list).
+/// `Ok(None)`: not a GPU container.
+pub fn parse_devices(value: &str, source_name: &str) -> Result<Option<Devices>, RequestError> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.split(',').any(|d| d.trim() == "void") {
+        return Ok(None);
+    }
+    let items: Vec<&str> = trimmed.split(',').map(str::trim).collect();
+    if items.contains(&"all") {
+        return Ok(Some(Devices::All));
+    }
+    if items.iter().all(|d| *d == "none") {
+        return Ok(Some(Devices::NoGpu));
+    }
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        if item == "none" {
+            continue;
+        }
+        ids.push(parse_device_id(item, source_name, trimmed)?);
+    }
+    Ok(Some(Devices::List(ids)))
+}
+
+fn parse_device_id(item: &str, source_name: &str, whole: &str) -> Result<DeviceId, RequestError> {
+    if item.is_empty() {
+        return Err(RequestError::EmptyDevice {
+            source_name: source_name.to_string(),
+            value: whole.to_string(),
+        });
+    }
+    if item.bytes().all(|b| b.is_ascii_digit()) {
+        return item
+            .parse()
+            .map(DeviceId::Index)
+            .map_err(|_| RequestError::MalformedDevice {
+                source_name: source_name.to_string(),
+                device: item.to_string(),
+            });
+    }
+    if item.len() > 4 && item[..4].eq_ignore_ascii_case("GPU-") {
+        return Ok(DeviceId::Uuid(item.to_string()));
+    }
+    if item.starts_with("MIG-") || is_mig_pair(item) {
+        return Err(RequestError::MigUnsupported {
+            source_name: source_name.to_string(),
+            device: item.to_string(),
+        });
+    }
+    if item.contains('/') && item.contains('=') {
+        return Err(RequestError::CdiUnsupported {
+            source_name: source_name.to_string(),
+            device: item.to_string(),
+        });
+    }
+    BusId::parse(item)
+        .map(DeviceId::BusId)
+        .ok_or_else(|| RequestError::MalformedDevice {
+            source_name: source_name.to_string(),
+            device: item.to_string(),
+        })
+}
+
+/// `<gpu>:<mig>` with both sides decimal.
+fn is_mig_pair(item: &str) -> bool {
+    item.split_once(':').is_some_and(|(gpu, mig)| {
+        !gpu.is_empty()
+            && !mig.is_empty()
+            && gpu.bytes().all(|b| b.is_ascii_digit())
+            && mig.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// `major.minor` of a `CUDA_VERSION` value like `12.4.1`.
+fn cuda_major_minor(version: &str) -> Option<String> {
+    let mut parts = version.trim().split('.');
+    let major = parts.next().filter(|p| !p.is_empty())?;
+    let minor = parts.next().unwrap_or("0");
+    let numeric = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    (numeric(major) && numeric(minor)).then(|| format!("{major}.{minor}"))
+}
+
+impl Request {
+    /// Reads the request from a parsed `config.json`. `Ok(None)`: not a GPU
+    /// container (the spec must not be touched).
+    pub fn from_spec(spec: &Value, config: &Config) -> Result<Option<Request>, RequestError> {
+        let env = environment(spec)?;
+        let privileged = is_privileged(spec);
+        let legacy_cuda_version = env
+            .get(LEGACY_CUDA_VERSION)
+            .filter(|_| !env.contains_key(REQUIRE_CUDA))
+            .copied();
+
+        let Some((devices, devices_source)) =
+            Self::devices(spec, config, &env, privileged, legacy_cuda_version)?
+        else {
+            return Ok(None);
+        };
+
+        let capabilities = match env.get(DRIVER_CAPABILITIES).map(|v| v.trim()) {
+            Some(list) if !list.is_empty() => Capabilities::parse(list, DRIVER_CAPABILITIES)?,
+            // A legacy image (CUDA_VERSION without NVIDIA_REQUIRE_CUDA) got
+            // every capability from nvidia-docker 1; keep that.
+            _ if legacy_cuda_version.is_some() => Capabilities::all(),
+            _ => [Capability::Utility, Capability::Compute]
+                .into_iter()
+                .collect(),
+        };
+        // The admin's `supported-driver-capabilities` caps what any container
+        // gets; an unknown name there is the admin's error, reported as such.
+        let supported = Capabilities::parse(
+            &config.supported_driver_capabilities,
+            "supported-driver-capabilities in config.toml",
+        )?;
+        let capabilities = capabilities.intersection(supported);
+
+        let mut requirements: Vec<(String, String)> = env
+            .iter()
+            .filter(|(key, value)| key.starts_with(REQUIRE_PREFIX) && !value.trim().is_empty())
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+        requirements.sort();
+        if let Some(version) = legacy_cuda_version.and_then(cuda_major_minor) {
+            requirements.push((LEGACY_CUDA_VERSION.to_string(), format!("cuda>={version}")));
+        }
+        let disable_require =
+            config.disable_require || env.get(DISABLE_REQUIRE).is_some_and(|v| is_truthy(v));
+
+        Ok(Some(Request {
+            devices,
+            devices_source,
+            capabilities,
+            requirements,
+            disable_require,
+            privileged,
+        }))
+    }
+
+    fn devices(
+        spec: &Value,
+        config: &Config,
+        env: &HashMap<&str, &str>,
+        privileged: bool,
+        legacy_cuda_version: Option<&str>,
+    ) -> Result<Option<(Devices, String)>, RequestError> {
+        let with_source = |devices: Option<Devices>, source: &str| {
+            devices.map(|devices| (devices, source.to_string()))
+        };
+        // Mount requests come first: Kubernetes device plugins use them so
+        // that a pod's env cannot pick GPUs.
+        if config.accept_nvidia_visible_devices_as_volume_mounts {
+            let ids = devices_from_mounts(spec);
+            if !ids.is_empty() {
+                let source = "a /var/run/nvidia-container-devices mount";
+                return Ok(with_source(parse_devices(&ids.join(","), source)?, source));
+            }
+        }
+        if !privileged && !config.accept_nvidia_visible_devices_envvar_when_unprivileged {
+            tracing::info!(
+                "ignoring {VISIBLE_DEVICES} of an unprivileged container \
+                 (accept-nvidia-visible-devices-envvar-when-unprivileged = false)"
+            );
+            return Ok(None);
+        }
+        // `swarm-resource` names variables Docker Swarm sets for generic
+        // resources; the first one present wins over NVIDIA_VISIBLE_DEVICES.
+        let swarm_variables = config
+            .swarm_resource
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty());
+        for name in swarm_variables.chain(std::iter::once(VISIBLE_DEVICES)) {
+            if let Some(value) = env.get(name) {
+                return Ok(with_source(parse_devices(value, name)?, name));
+            }
+        }
+        // A legacy CUDA image that does not say which GPUs gets all of them.
+        Ok(legacy_cuda_version.map(|_| (Devices::All, LEGACY_CUDA_VERSION.to_string())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec_with_env(env: &[&str]) -> Value {
+        json!({"ociVersion": "1.0.2", "process": {"env": env}})
+    }
+
+    fn request(env: &[&str]) -> Result<Option<Request>, RequestError> {
+        Request::from_spec(&spec_with_env(env), &Config::default())
+    }
+
+    #[test]
+    fn not_a_gpu_container() {
+        for env in [
+            vec![],
+            vec!["NVIDIA_VISIBLE_DEVICES="],
+            vec!["NVIDIA_VISIBLE_DEVICES=void"],
+            vec!["NVIDIA_VISIBLE_DEVICES=0,void"],
+            vec!["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES="],
+        ] {
+            assert_eq!(request(&env).unwrap(), None, "{env:?}");
+        }
+    }
+
+    #[test]
+    fn device_forms() {
+        let devices = |value: &str| parse_devices(value, "X").unwrap().unwrap();
+        assert_eq!(devices("all"), Devices::All);
+        assert_eq!(devices("0,all"), Devices::All);
+        assert_eq!(devices("none"), Devices::NoGpu);
+        assert_eq!(
+            devices("0, GPU-6b4f,0000:3b:00.0,00000000:3B:00.0"),
+            Devices::List(vec![
+                DeviceId::Index(0),
+                DeviceId::Uuid("GPU-6b4f".into()),
+                DeviceId::BusId(BusId::parse("0000:3b:00.0").unwrap()),
+                DeviceId::BusId(BusId::parse("0000:3b:00.0").unwrap()),
+            ])
+        );
+        assert!(matches!(
+            parse_devices("0,,1", "X"),
+            Err(RequestError::EmptyDevice { .. })
+        ));
+        assert!(matches!(
+            parse_devices("gpu0", "X"),
+            Err(RequestError::MalformedDevice { .. })
+        ));
+        assert!(matches!(
+            parse_devices("MIG-abc", "X"),
+            Err(RequestError::MigUnsupported { .. })
+        ));
+        assert!(matches!(
+            parse_devices("0:1", "X"),
+            Err(RequestError::MigUnsupported { .. })
+        ));
+        assert!(matches!(
+            parse_devices("nvidia.com/gpu=0", "X"),
+            Err(RequestError::CdiUnsupported { .. })
+        ));
+        assert!(matches!(
+            parse_devices("99999999999", "X"),
+            Err(RequestError::MalformedDevice { .. })
+        ));
+    }
+
+    #[test]
+    fn bus_ids() {
+        let short = BusId::parse("0000:3b:00.0").unwrap();
+        assert_eq!(BusId::parse("00000000:3B:00.0"), Some(short));
+        assert_eq!(short.to_string(), "0000:3b:00.0");
+        for bad in [
+            "000:3b:00.0",
+            "0000:3b:00",
+            "0000:3b:0g.0",
+            "0000:3b:00.10",
+            "0000:123:00.0",
+        ] {
+            assert_eq!(BusId::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn last_duplicate_wins() {
+        let request = request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_VISIBLE_DEVICES=1"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.devices, Devices::List(vec![DeviceId::Index(1)]));
+    }
+
+    #[test]
+    fn capabilities() {
+        let caps = |env: &[&str]| request(env).unwrap().unwrap().capabilities.to_string();
+        assert_eq!(caps(&["NVIDIA_VISIBLE_DEVICES=all"]), "compute,utility");
+        assert_eq!(
+            caps(&["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES="]),
+            "compute,utility"
+        );
+        assert_eq!(
+            caps(&[
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "NVIDIA_DRIVER_CAPABILITIES=utility"
+            ]),
+            "utility"
+        );
+        assert_eq!(
+            caps(&[
+                "NVIDIA_VISIBLE_DEVICES=all",
+                "NVIDIA_DRIVER_CAPABILITIES=all"
+            ]),
+            "compute,compat32,graphics,utility,video,display,ngx"
+        );
+        let error = request(&[
+            "NVIDIA_VISIBLE_DEVICES=all",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,gpu",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            error,
+            RequestError::UnknownCapability {
+                variable: "NVIDIA_DRIVER_CAPABILITIES".into(),
+                name: "gpu".into()
+            }
+        );
+        // The admin's supported list caps the request.
+        let mut config = Config::default();
+        config.supported_driver_capabilities = "utility".into();
+        let request = Request::from_spec(
+            &spec_with_env(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=all"]),
+            &config,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(request.capabilities.to_string(), "utility");
+    }
+
+    #[test]
+    fn legacy_cuda_image() {
+        let request = request(&["CUDA_VERSION=11.0.3"]).unwrap().unwrap();
+        assert_eq!(request.devices, Devices::All);
+        assert_eq!(request.capabilities, Capabilities::all());
+        assert_eq!(
+            request.requirements,
+            vec![("CUDA_VERSION".to_string(), "cuda>=11.0".to_string())]
+        );
+        // With NVIDIA_REQUIRE_CUDA the image is not legacy.
+        assert_eq!(
+            super::tests::request(&["CUDA_VERSION=12.4.1", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"])
+                .unwrap(),
+            None
+        );
+        let request = super::tests::request(&[
+            "CUDA_VERSION=12.4.1",
+            "NVIDIA_REQUIRE_CUDA=cuda>=12.4",
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DISABLE_REQUIRE=true",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            request.requirements,
+            vec![("NVIDIA_REQUIRE_CUDA".to_string(), "cuda>=12.4".to_string())]
+        );
+        assert!(request.disable_require);
+    }
+
+    #[test]
+    fn unprivileged_trust_setting() {
+        let mut config = Config::default();
+        config.accept_nvidia_visible_devices_envvar_when_unprivileged = false;
+        let unprivileged = spec_with_env(&["NVIDIA_VISIBLE_DEVICES=all"]);
+        assert_eq!(Request::from_spec(&unprivileged, &config).unwrap(), None);
+        let mut privileged = unprivileged.clone();
+        privileged["process"]["capabilities"] = json!({"bounding": ["CAP_SYS_ADMIN"]});
+        let request = Request::from_spec(&privileged, &config).unwrap().unwrap();
+        assert!(request.privileged);
+        assert_eq!(request.devices, Devices::All);
+    }
+
+    #[test]
+    fn mount_requests_when_enabled() {
+        let mut config = Config::default();
+        config.accept_nvidia_visible_devices_envvar_when_unprivileged = false;
+        config.accept_nvidia_visible_devices_as_volume_mounts = true;
+        let mut spec = spec_with_env(&["NVIDIA_VISIBLE_DEVICES=all"]);
+        spec["mounts"] = json!([
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/var/run/nvidia-container-devices/1", "source": "/dev/null", "type": "bind"},
+            {"destination": "/var/run/nvidia-container-devices/GPU-abc", "source": "/dev/null", "type": "bind"}
+        ]);
+        let request = Request::from_spec(&spec, &config).unwrap().unwrap();
+        assert_eq!(
+            request.devices,
+            Devices::List(vec![DeviceId::Index(1), DeviceId::Uuid("GPU-abc".into())])
+        );
+        // Disabled: the mounts mean nothing.
+        config.accept_nvidia_visible_devices_as_volume_mounts = false;
+        assert_eq!(Request::from_spec(&spec, &config).unwrap(), None);
+    }
+
+    #[test]
+    fn swarm_resource() {
+        let mut config = Config::default();
+        config.swarm_resource = "DOCKER_RESOURCE_GPU".into();
+        let spec = spec_with_env(&["DOCKER_RESOURCE_GPU=GPU-1", "NVIDIA_VISIBLE_DEVICES=all"]);
+        let request = Request::from_spec(&spec, &config).unwrap().unwrap();
+        assert_eq!(
+            request.devices,
+            Devices::List(vec![DeviceId::Uuid("GPU-1".into())])
+        );
+    }
+
+    #[test]
+    fn env_entries_without_equals_are_ignored_and_bad_types_rejected() {
+        let spec = spec_with_env(&["JUSTAKEY", "NVIDIA_VISIBLE_DEVICES=0"]);
+        assert!(Request::from_spec(&spec, &Config::default())
+            .unwrap()
+            .is_some());
+        let spec = json!({"process": {"env": "NVIDIA_VISIBLE_DEVICES=0"}});
+        assert!(matches!(
+            Request::from_spec(&spec, &Config::default()),
+            Err(RequestError::BadSpecField { .. })
+        ));
+    }
+}

@@ -1,0 +1,640 @@
+//! The runtime end to end: real runc, the fake driver, real containers.
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use serde_json::{json, Value};
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
+
+/// One test's world: a fake driver, its config, a runc state root.
+struct World {
+    tmp: TempDir,
+    driver: FakeDriver,
+    config: PathBuf,
+    state_root: PathBuf,
+}
+
+impl World {
+    fn new(name: &str) -> World {
+        World::with_config(name, "")
+    }
+
+    fn with_config(name: &str, extra_runtime_keys: &str) -> World {
+        let tmp = TempDir::new(name);
+        let driver = FakeDriver::build(&tmp.path().join("driver"), &FakeDriverOptions::two_gpus());
+        let config = driver.write_config(&tmp.path().join("config.toml"), extra_runtime_keys);
+        let state_root = tmp.path().join("state");
+        fs::create_dir_all(&state_root).unwrap();
+        World {
+            tmp,
+            driver,
+            config,
+            state_root,
+        }
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        vec![("NVIDIA_CTK_CONFIG_FILE_PATH", self.config.to_str().unwrap())]
+    }
+
+    fn bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
+        Bundle::new(&self.tmp.path().join(name), kind, args, env)
+    }
+
+    fn run(&self, bundle: &Bundle) -> RunOutput {
+        run_container(
+            Path::new(RUNTIME),
+            &self.state_root,
+            bundle,
+            &unique_id("rt"),
+            &self.env(),
+        )
+    }
+
+    /// Our runtime with arbitrary args, the world's config in its env.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(RUNTIME);
+        command
+            .arg("--root")
+            .arg(&self.state_root)
+            .args(args)
+            .env("NVIDIA_CTK_CONFIG_FILE_PATH", &self.config)
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+fn output(mut command: Command) -> RunOutput {
+    let out = command.output().expect("spawn");
+    RunOutput {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The `/dev/nvidia*` names a container sees, sorted.
+fn nvidia_nodes(listing: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = listing
+        .split_whitespace()
+        .filter(|n| n.starts_with("nvidia"))
+        .map(str::to_string)
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+fn snapshot(path: &Path) -> (Vec<u8>, i64, i64) {
+    let meta = fs::metadata(path).unwrap();
+    (fs::read(path).unwrap(), meta.mtime(), meta.mtime_nsec())
+}
+
+#[test]
+fn no_request_and_void_leave_config_json_byte_identical() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-void");
+    for (name, env) in [
+        ("none-set", vec![]),
+        ("empty", vec!["NVIDIA_VISIBLE_DEVICES="]),
+        ("void", vec!["NVIDIA_VISIBLE_DEVICES=void"]),
+    ] {
+        let bundle = world.bundle(name, RootfsKind::Busybox, &["sh", "-c", "ls /dev"], &env);
+        let before = snapshot(&bundle.config_path());
+        let out = world.run(&bundle);
+        out.assert_success(name);
+        assert_eq!(
+            snapshot(&bundle.config_path()),
+            before,
+            "{name}: config.json changed"
+        );
+        assert!(
+            nvidia_nodes(&out.stdout).is_empty(),
+            "{name}: {}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn all_gpus_get_every_node_library_and_a_working_nvidia_smi() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-all");
+    let bundle = world.bundle(
+        "all",
+        RootfsKind::Glibc { ldconfig: false },
+        &[
+            "sh",
+            "-c",
+            "ls /dev; echo ---; ls /usr/lib/x86_64-linux-gnu; echo ---; nvidia-smi -L",
+        ],
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+    );
+    let out = world.run(&bundle);
+    out.assert_success("all");
+    let parts: Vec<&str> = out.stdout.split("---\n").collect();
+    assert_eq!(
+        nvidia_nodes(parts[0]),
+        [
+            "nvidia-uvm",
+            "nvidia-uvm-tools",
+            "nvidia0",
+            "nvidia1",
+            "nvidiactl"
+        ]
+    );
+    let libs = parts[1];
+    for name in [
+        "libcuda.so",
+        "libcuda.so.1",
+        "libcuda.so.550.54.15",
+        "libnvidia-ml.so.1",
+        "libnvidia-ml.so.550.54.15",
+        "libnvidia-ptxjitcompiler.so.1",
+        "libnvidia-cfg.so.1",
+    ] {
+        assert!(
+            libs.split_whitespace().any(|l| l == name),
+            "{name} missing: {libs}"
+        );
+    }
+    // Video and graphics libraries were not asked for; the stale 535 never.
+    assert!(!libs.contains("libnvidia-encode"), "{libs}");
+    assert!(!libs.contains("libnvidia-eglcore"), "{libs}");
+    assert!(!libs.contains("535.00.00"), "{libs}");
+    assert_eq!(parts[2], world.driver.smi_output(&[0, 1]));
+}
+
+#[test]
+fn index_uuid_and_bus_id_select_exactly_the_right_minor() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-select");
+    let gpu0 = world.driver.gpus[0].clone();
+    let gpu1 = world.driver.gpus[1].clone();
+    assert_ne!(
+        gpu0.minor, 0,
+        "the fixture must have minors that differ from indices"
+    );
+    let cases = [
+        ("index0", "0".to_string(), &gpu0, 0),
+        ("index1", "1".to_string(), &gpu1, 1),
+        ("uuid", gpu1.uuid.to_lowercase(), &gpu1, 1),
+        ("bus16", gpu0.bus_id.clone(), &gpu0, 0),
+        ("bus32", gpu1.nvml_bus_id().to_uppercase(), &gpu1, 1),
+    ];
+    for (name, value, gpu, index) in cases {
+        let env = format!("NVIDIA_VISIBLE_DEVICES={value}");
+        let bundle = world.bundle(
+            name,
+            RootfsKind::Glibc { ldconfig: false },
+            &["sh", "-c", "ls /dev; echo ---; nvidia-smi -L"],
+            &[&env],
+        );
+        let out = world.run(&bundle);
+        out.assert_success(name);
+        let (nodes, smi) = out.stdout.split_once("---\n").unwrap();
+        let expected_gpu_node = format!("nvidia{}", gpu.minor);
+        let gpu_nodes: Vec<String> = nvidia_nodes(nodes)
+            .into_iter()
+            .filter(|n| n[6..].bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        assert_eq!(gpu_nodes, [expected_gpu_node], "{name}");
+        // The fake NVML numbers visible GPUs from 0, like real NVML does.
+        assert_eq!(smi, gpu.smi_line(0) + "\n", "{name} (GPU {index})");
+    }
+}
+
+#[test]
+fn none_gets_driver_files_but_no_gpu_node() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-none");
+    let bundle = world.bundle(
+        "none",
+        RootfsKind::Glibc { ldconfig: false },
+        &[
+            "sh",
+            "-c",
+            "ls /dev; echo ---; nvidia-smi -L; echo status=$?",
+        ],
+        &["NVIDIA_VISIBLE_DEVICES=none"],
+    );
+    let out = world.run(&bundle);
+    out.assert_success("none");
+    let (nodes, smi) = out.stdout.split_once("---\n").unwrap();
+    assert_eq!(
+        nvidia_nodes(nodes),
+        ["nvidia-uvm", "nvidia-uvm-tools", "nvidiactl"]
+    );
+    assert!(smi.contains("No devices were found"), "{smi}");
+    assert!(smi.contains("status=6"), "{smi}");
+}
+
+#[test]
+fn capabilities_change_what_is_mounted() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-caps");
+    let listing = "ls /dev /usr/lib/x86_64-linux-gnu /usr/bin";
+    let run = |name: &str, capabilities: &str| {
+        let env = format!("NVIDIA_DRIVER_CAPABILITIES={capabilities}");
+        let bundle = world.bundle(
+            name,
+            RootfsKind::Glibc { ldconfig: false },
+            &["sh", "-c", listing],
+            &["NVIDIA_VISIBLE_DEVICES=0", &env],
+        );
+        let out = world.run(&bundle);
+        out.assert_success(name);
+        out.stdout
+    };
+    let utility = run("utility", "utility");
+    assert!(utility.contains("libnvidia-ml.so.1"), "{utility}");
+    assert!(utility.contains("nvidia-smi"), "{utility}");
+    assert!(!utility.contains("libcuda"), "{utility}");
+    assert!(!utility.contains("nvidia-uvm"), "{utility}");
+    assert!(!utility.contains("nvidia-cuda-mps-control"), "{utility}");
+    let compute = run("compute", "compute");
+    assert!(compute.contains("libcuda.so.1"), "{compute}");
+    assert!(compute.contains("nvidia-uvm"), "{compute}");
+    assert!(compute.contains("nvidia-cuda-mps-control"), "{compute}");
+    assert!(!compute.contains("libnvidia-ml"), "{compute}");
+    assert!(!compute.contains("nvidia-smi"), "{compute}");
+    let video = run("video", "video");
+    assert!(video.contains("libnvidia-encode.so.1"), "{video}");
+    assert!(
+        video.contains("libcuda.so.1"),
+        "video implies compute libraries: {video}"
+    );
+}
+
+#[test]
+fn device_cgroup_allows_injected_nodes_and_denies_the_others() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-cgroup");
+    let gpu0 = world.driver.gpus[0].clone();
+    let gpu1 = world.driver.gpus[1].clone();
+    let bundle = world.bundle(
+        "cgroup",
+        RootfsKind::Busybox,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "cat /dev/nvidia{} 2>&1; cat /dev/nvidiactl 2>&1; cat /dev/nvidia{} 2>&1; true",
+                gpu0.minor, gpu1.minor
+            ),
+        ],
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    // The other GPU's node exists in the container, but no rule allows it.
+    bundle.add_char_device(&gpu1.device_path(), 195, gpu1.minor, false);
+    let out = world.run(&bundle);
+    out.assert_success("cgroup");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(
+        lines[0].contains("No such device or address"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("No such device or address"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("Operation not permitted"), "{}", lines[2]);
+}
+
+#[test]
+fn spec_edits_survive_unknown_fields_and_a_second_patch_is_a_no_op() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-idem");
+    let bundle = world.bundle(
+        "idem",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+    );
+    bundle.edit_config(|config| {
+        config["x-future-field"] = json!({"keep": [1, 2, 3]});
+        config["process"]["x-process-extra"] = json!("kept");
+        config["hooks"] = json!({"prestart": [
+            {"path": "/usr/bin/nvidia-container-runtime-hook", "args": ["nvidia-container-runtime-hook", "prestart"]}
+        ]});
+    });
+    let id = unique_id("idem");
+    let create = |id: &str| {
+        output({
+            let mut c = world.command(&["create", "--bundle", bundle.dir.to_str().unwrap(), id]);
+            c.stdout(Stdio::null());
+            c
+        })
+    };
+    create(&id).assert_success("first create");
+    let patched = bundle.read_config();
+    assert_eq!(patched["x-future-field"], json!({"keep": [1, 2, 3]}));
+    assert_eq!(patched["process"]["x-process-extra"], json!("kept"));
+    let prestart = patched["hooks"]["prestart"].as_array().unwrap();
+    assert_eq!(
+        prestart.len(),
+        1,
+        "docker's hook must be replaced by ours: {prestart:?}"
+    );
+    assert!(prestart[0]["args"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("--injected-by-runtime")));
+    assert_eq!(
+        prestart[0]["env"].as_array().unwrap().len(),
+        1,
+        "explicit minimal env"
+    );
+    let devices = patched["linux"]["devices"].as_array().unwrap();
+    let gpu_minor = world.driver.gpus[1].minor;
+    assert!(devices
+        .iter()
+        .any(|d| d["path"] == format!("/dev/nvidia{gpu_minor}")));
+    let rules = patched["linux"]["resources"]["devices"].as_array().unwrap();
+    assert!(rules.contains(
+        &json!({"allow": true, "type": "c", "major": 195, "minor": gpu_minor, "access": "rwm"})
+    ));
+    output(world.command(&["delete", "--force", &id])).assert_success("delete");
+
+    // A second create of the already patched bundle changes nothing.
+    let before = snapshot(&bundle.config_path());
+    let id2 = unique_id("idem2");
+    create(&id2).assert_success("second create");
+    assert_eq!(snapshot(&bundle.config_path()), before);
+    output(world.command(&["delete", "--force", &id2])).assert_success("delete");
+}
+
+/// Creates through our runtime, expecting failure: exit 1, the message on
+/// stderr and as a runc JSON error line in --log, config.json untouched, no
+/// container created.
+fn assert_refused(world: &World, bundle: &Bundle, extra_env: &[(&str, &str)], expected: &[&str]) {
+    let before = fs::read(bundle.config_path()).ok();
+    let id = unique_id("bad");
+    let log = bundle.dir.join("bad-log.json");
+    let mut command = world.command(&[]);
+    command
+        .args(["--log", log.to_str().unwrap(), "--log-format", "json"])
+        .args(["create", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    for (key, value) in extra_env {
+        command.env(key, value);
+    }
+    let out = output(command);
+    assert_eq!(out.status, 1, "{out:?}");
+    for needle in expected {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr lacks {needle:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(
+        out.stderr.trim_end().lines().count(),
+        1,
+        "one line: {}",
+        out.stderr
+    );
+    let log_text = fs::read_to_string(&log).unwrap();
+    let line: Value = serde_json::from_str(log_text.lines().last().unwrap()).unwrap();
+    assert_eq!(line["level"], "error");
+    for needle in expected {
+        assert!(line["msg"].as_str().unwrap().contains(needle), "{line}");
+    }
+    assert_eq!(
+        fs::read(bundle.config_path()).ok(),
+        before,
+        "config.json changed"
+    );
+    let state = output(world.command(&["state", &id]));
+    assert_ne!(state.status, 0, "a container was created: {state:?}");
+}
+
+#[test]
+fn bad_requests_are_refused_with_a_clear_message() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-bad");
+    let unknown_gpu = world.bundle(
+        "gpu7",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=7"],
+    );
+    assert_refused(
+        &world,
+        &unknown_gpu,
+        &[],
+        &["NVIDIA_VISIBLE_DEVICES names GPU 7, but this host has GPUs 0-1"],
+    );
+    let unknown_uuid = world.bundle(
+        "uuid",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=GPU-nope"],
+    );
+    assert_refused(
+        &world,
+        &unknown_uuid,
+        &[],
+        &["GPU-nope", &world.driver.gpus[0].uuid],
+    );
+    let bad_cap = world.bundle(
+        "cap",
+        RootfsKind::Busybox,
+        &["true"],
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,gpus",
+        ],
+    );
+    assert_refused(
+        &world,
+        &bad_cap,
+        &[],
+        &["unknown driver capability \"gpus\""],
+    );
+    let malformed = world.bundle("malformed", RootfsKind::Busybox, &["true"], &[]);
+    fs::write(
+        malformed.config_path(),
+        b"{\"ociVersion\": \"1.0.2\", \"process\": ",
+    )
+    .unwrap();
+    assert_refused(&world, &malformed, &[], &["config.json is not valid JSON"]);
+}
+
+#[test]
+fn missing_or_self_runtime_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let missing = World::with_config("rt-missing", "runtimes = [\"no-such-runc\"]");
+    let bundle = missing.bundle(
+        "b",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    assert_refused(
+        &missing,
+        &bundle,
+        &[],
+        &["no low-level runtime found", "no-such-runc"],
+    );
+
+    let tmp = TempDir::new("rt-self-link");
+    let link = tmp.path().join("runc");
+    std::os::unix::fs::symlink(RUNTIME, &link).unwrap();
+    let itself = World::with_config("rt-self", &format!("runtimes = [\"{}\"]", link.display()));
+    let bundle = itself.bundle("b", RootfsKind::Busybox, &["true"], &[]);
+    assert_refused(&itself, &bundle, &[], &["resolves to this program"]);
+    // Pass-through commands are refused the same way instead of recursing.
+    let out = output(itself.command(&["state", "x"]));
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("resolves to this program"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bundle_flag_without_value_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-flag");
+    let log = world.tmp.path().join("log.json");
+    let out = output({
+        let mut c = world.command(&[
+            "--log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "create",
+            "id",
+            "--bundle",
+        ]);
+        c.current_dir(world.tmp.path());
+        c
+    });
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("--bundle flag has no value"),
+        "{}",
+        out.stderr
+    );
+    assert!(fs::read_to_string(&log)
+        .unwrap()
+        .contains("--bundle flag has no value"));
+}
+
+#[test]
+fn config_syntax_error_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-config");
+    fs::write(&world.config, "[nvidia-container-cli\nroot = ").unwrap();
+    let bundle = world.bundle("b", RootfsKind::Busybox, &["true"], &[]);
+    assert_refused(
+        &world,
+        &bundle,
+        &[],
+        &["is not valid TOML", world.config.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn pass_through_behaves_exactly_like_runc() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("rt-pass");
+    let runc = runc_path();
+    let compare = |args: &[&str]| {
+        let ours = output(world.command(args));
+        let theirs = output({
+            let mut c = Command::new(&runc);
+            c.arg("--root")
+                .arg(&world.state_root)
+                .args(args)
+                .stdin(Stdio::null());
+            c
+        });
+        assert_eq!(
+            ours.status, theirs.status,
+            "{args:?}: {ours:?} vs {theirs:?}"
+        );
+        assert_eq!(ours.stdout, theirs.stdout, "{args:?}");
+        ours
+    };
+    assert_ne!(compare(&["state", "missing"]).status, 0);
+    compare(&["delete", "missing"]);
+    compare(&["kill", "missing", "KILL"]);
+    compare(&["list"]);
+    compare(&["no-such-subcommand"]);
+
+    // A live container: state, kill and delete through us.
+    let bundle = world.bundle("live", RootfsKind::Busybox, &["sleep", "30"], &[]);
+    let id = unique_id("live");
+    output({
+        let mut c = world.command(&["create", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+        c.stdout(Stdio::null()).stderr(Stdio::null());
+        c
+    })
+    .assert_success("create");
+    let state: Value = serde_json::from_str(&compare(&["state", &id]).stdout).unwrap();
+    assert_eq!(state["status"], "created");
+    // kill and delete change the state, so they go through us alone and the
+    // state (compared) shows their effect.
+    output(world.command(&["kill", &id, "KILL"])).assert_success("kill");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let state: Value = serde_json::from_str(&compare(&["state", &id]).stdout).unwrap();
+        if state["status"] == "stopped" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not stopped: {state}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    output(world.command(&["delete", &id])).assert_success("delete");
+    assert_ne!(compare(&["state", &id]).status, 0);
+    assert_ne!(compare(&["delete", &id]).status, 0);
+}
+
+#[test]
+fn version_prints_ours_then_runcs() {
+    let mut command = Command::new(RUNTIME);
+    command
+        .arg("--version")
+        .env("NVIDIA_CTK_CONFIG_FILE_PATH", "/nonexistent");
+    let out = output(command);
+    assert_eq!(out.status, 0, "{out:?}");
+    let ours = out
+        .stdout
+        .find("NVIDIA Container Runtime version")
+        .expect("ours");
+    let theirs = out.stdout.find("runc version").expect("runc's");
+    assert!(ours < theirs, "{}", out.stdout);
+}
