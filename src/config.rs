@@ -1,9 +1,10 @@
 //! The runtime's `config.toml`: where it is, what it says, and the defaults.
 //!
-//! Key names are the anchor's (contract.md §4) so users keep their files. Two
-//! keys are ours: `dev-root` and `proc-root` in `[nvidia-container-runtime]`,
+//! Key names are the anchor's (contract.md §4) so users keep their files. Three
+//! keys are ours: `dev-root`, `proc-root` and `sys-root` in `[nvidia-container-runtime]`,
 //! which say where device nodes are stat'ed and where the driver's procfs lives
-//! (a driver container, a toolkit running with the host at `/host`, or tests).
+//! (a driver container, a toolkit running with the host at `/host`, or tests);
+//! `sys-root` likewise for sysfs.
 //! Unknown keys are ignored: the anchors' files carry many we do not use.
 
 use std::collections::BTreeMap;
@@ -82,6 +83,8 @@ pub struct RuntimeConfig {
     pub dev_root: String,
     /// Ours: where the driver's procfs is read. Empty: `/proc`.
     pub proc_root: String,
+    /// Ours: where sysfs is read (a GPU's DRM nodes). Empty: `/sys`.
+    pub sys_root: String,
     pub modes: ModesConfig,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -160,6 +163,7 @@ impl Default for RuntimeConfig {
             runtimes: vec!["runc".to_string(), "crun".to_string()],
             dev_root: String::new(),
             proc_root: String::new(),
+            sys_root: String::new(),
             modes: ModesConfig::default(),
             unknown: BTreeMap::new(),
         }
@@ -252,6 +256,11 @@ impl Config {
     /// Where the driver's procfs is read: `proc-root`, else `/proc`.
     pub fn proc_root(&self) -> PathBuf {
         non_empty_path(&self.nvidia_container_runtime.proc_root, "/proc")
+    }
+
+    /// Where sysfs is read: `sys-root`, else `/sys`.
+    pub fn sys_root(&self) -> PathBuf {
+        non_empty_path(&self.nvidia_container_runtime.sys_root, "/sys")
     }
 
     /// Every key we ignored, dotted, for a debug log line.

@@ -8,7 +8,7 @@
 //! resolved with the driver root as `/` ([`crate::confined`]). Each lookup is
 //! done only when a request needs it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -53,6 +53,23 @@ pub enum DriverError {
     MissingNode { path: PathBuf },
     #[error("{path} is not a character device: the NVIDIA device nodes under the dev root are broken; recreate them (nvidia-modprobe, or reload the driver)")]
     NotADevice { path: PathBuf },
+    #[error("{path} has no line for {key}: is MIG set up on this host (nvidia-smi mig -lgi)?")]
+    MissingMigMinor { path: PathBuf, key: String },
+    #[error("MIG instance gi{gi}/ci{ci} of the GPU with minor {gpu_minor} does not exist ({path} is missing): create it with nvidia-smi mig, or request another device")]
+    MissingMigInstance {
+        gpu_minor: u32,
+        gi: u32,
+        ci: u32,
+        path: PathBuf,
+    },
+    #[error("{variable}=enabled, but this host has no {what} under {dev_root}/dev: install the driver for it, or unset {variable}")]
+    MissingFeatureDevices {
+        variable: &'static str,
+        what: &'static str,
+        dev_root: PathBuf,
+    },
+    #[error("NVIDIA_IMEX_CHANNELS names channel {channel}, but {path} does not exist: create the channel (nvidia-modprobe -i {channel}) or request another")]
+    MissingImexChannel { channel: u32, path: PathBuf },
 }
 
 /// Where the driver is seen from: the three roots of config.toml.
@@ -61,6 +78,8 @@ pub struct Roots {
     pub driver_root: PathBuf,
     pub dev_root: PathBuf,
     pub proc_root: PathBuf,
+    /// Where sysfs is read (DRM nodes of a GPU): `/sys` unless configured.
+    pub sys_root: PathBuf,
 }
 
 /// One GPU as the driver's procfs describes it.
@@ -218,8 +237,50 @@ const BINARY_DIRS: &[&str] = &[
     "/usr/local/nvidia/bin",
 ];
 
-/// ld.so.cache flags of x86-64 libc6 entries.
-const X86_64_LIBC6: i32 = 0x0303;
+/// ld.so.cache flag bits: the low byte is the library type (1 = ELF,
+/// 3 = ELF libc6), the next the architecture (0x0300 = x86-64; 0 = the
+/// host's default ABI, which on x86 hosts is i386). glibc's dl-cache.h.
+const FLAG_TYPE_MASK: i32 = 0x00ff;
+const FLAG_ARCH_MASK: i32 = 0xff00;
+const FLAG_ELF: i32 = 0x0001;
+const FLAG_ELF_LIBC6: i32 = 0x0003;
+const FLAG_X86_64: i32 = 0x0300;
+
+/// The architecture of library a lookup wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibraryArch {
+    X86_64,
+    /// The 32-bit copies (`compat32`).
+    I386,
+}
+
+impl LibraryArch {
+    /// Whether a cache entry's flags are an ELF library of this arch. Both
+    /// libc6 (0x03) and plain ELF (0x01, a library that links no libc) count.
+    fn matches(self, flags: i32) -> bool {
+        let elf = matches!(flags & FLAG_TYPE_MASK, FLAG_ELF | FLAG_ELF_LIBC6);
+        let arch = flags & FLAG_ARCH_MASK;
+        elf && match self {
+            LibraryArch::X86_64 => arch == FLAG_X86_64,
+            LibraryArch::I386 => arch == 0,
+        }
+    }
+}
+
+/// The EGL / Vulkan / OpenCL vendor files of the driver (graphics), mounted
+/// at their own path: the loaders inside the image find the driver by them.
+pub const GRAPHICS_FILES: &[&str] = &[
+    "/usr/share/glvnd/egl_vendor.d/10_nvidia.json",
+    "/usr/share/vulkan/icd.d/nvidia_icd.json",
+    "/etc/vulkan/icd.d/nvidia_icd.json",
+    "/usr/share/vulkan/implicit_layer.d/nvidia_layers.json",
+    "/etc/vulkan/implicit_layer.d/nvidia_layers.json",
+    "/usr/share/egl/egl_external_platform.d/10_nvidia_wayland.json",
+    "/usr/share/egl/egl_external_platform.d/15_nvidia_gbm.json",
+    "/usr/share/egl/egl_external_platform.d/20_nvidia_xcb.json",
+    "/usr/share/egl/egl_external_platform.d/20_nvidia_xlib.json",
+    "/etc/OpenCL/vendors/nvidia.icd",
+];
 
 /// The host's driver, as far as discovered so far.
 #[derive(Debug, Clone)]
@@ -264,6 +325,16 @@ impl Driver {
     /// The driver libraries for these capabilities: x86-64 only, real files
     /// whose name ends in the driver version, one entry per SONAME.
     pub fn libraries(&self, capabilities: Capabilities) -> Result<Vec<Library>, DriverError> {
+        self.libraries_for(capabilities, LibraryArch::X86_64)
+    }
+
+    /// Like [`Driver::libraries`], for one architecture. The i386 copies
+    /// are found only through the cache (there is no standard dir to scan).
+    pub fn libraries_for(
+        &self,
+        capabilities: Capabilities,
+        arch: LibraryArch,
+    ) -> Result<Vec<Library>, DriverError> {
         let prefixes: Vec<&str> = library_capabilities(capabilities)
             .iter()
             .flat_map(library_prefixes)
@@ -278,10 +349,16 @@ impl Driver {
                     path: cache_path.clone(),
                     source,
                 })?;
-                self.libraries_from_cache(&cache)?
+                self.libraries_from_cache(&cache, arch)?
             }
             Err(_) => Vec::new(),
         };
+        if arch == LibraryArch::I386 {
+            return Ok(cached
+                .into_iter()
+                .filter(|library| prefixes.iter().any(|p| library_matches(&library.soname, p)))
+                .collect());
+        }
         // A host whose cache does not list the driver (it lives in, say,
         // /usr/local/nvidia) is found by scanning the library dirs.
         let all = if cached.is_empty() {
@@ -303,7 +380,11 @@ impl Driver {
 
     /// Every driver library (any capability) the cache lists, after the
     /// version check.
-    fn libraries_from_cache(&self, cache: &LdCache) -> Result<Vec<Library>, DriverError> {
+    fn libraries_from_cache(
+        &self,
+        cache: &LdCache,
+        arch: LibraryArch,
+    ) -> Result<Vec<Library>, DriverError> {
         let all_prefixes: Vec<&str> = Capability::ALL
             .into_iter()
             .flat_map(library_prefixes)
@@ -311,7 +392,7 @@ impl Driver {
             .collect();
         let mut libraries = Vec::new();
         let mut seen = HashSet::new();
-        for entry in cache.entries_with_flags(X86_64_LIBC6) {
+        for entry in cache.entries.iter().filter(|e| arch.matches(e.flags)) {
             if !all_prefixes.iter().any(|p| library_matches(&entry.key, p)) {
                 continue;
             }
@@ -325,7 +406,9 @@ impl Driver {
             if !real.is_file() {
                 continue;
             }
-            self.check_version(&entry.key, &real)?;
+            if arch == LibraryArch::X86_64 {
+                self.check_version(&entry.key, &real)?;
+            }
             if file_has_version(&real, &self.version) {
                 libraries.push(Library {
                     soname: entry.key.clone(),
@@ -517,6 +600,141 @@ impl Driver {
             .ok_or_else(|| DriverError::MissingNode {
                 path: self.roots.dev_root.join("dev").join(name),
             })
+    }
+}
+
+/// One MIG device: a GPU instance / compute instance of a parent GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigDevice {
+    /// Index of the parent GPU in [`Driver::gpus`].
+    pub parent_index: usize,
+    pub gpu_instance: u32,
+    pub compute_instance: u32,
+    pub uuid: String,
+}
+
+impl Driver {
+    /// `/proc/driver/nvidia-caps/mig-minors`: `name -> minor` of every
+    /// MIG capability (`config`, `monitor`, `gpu0/gi1/access`, ...).
+    pub fn mig_minors(&self) -> Result<HashMap<String, u32>, DriverError> {
+        let path = self.roots.proc_root.join("driver/nvidia-caps/mig-minors");
+        let text = std::fs::read_to_string(&path).map_err(|source| DriverError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (name, minor) = line.trim().rsplit_once(char::is_whitespace)?;
+                Some((name.trim().to_string(), minor.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// The `nvidia-caps` node of a MIG capability named as in mig-minors.
+    pub fn mig_capability_node(
+        &self,
+        minors: &HashMap<String, u32>,
+        name: &str,
+    ) -> Result<DeviceNode, DriverError> {
+        let minor = minors
+            .get(name)
+            .ok_or_else(|| DriverError::MissingMigMinor {
+                path: self.roots.proc_root.join("driver/nvidia-caps/mig-minors"),
+                key: name.to_string(),
+            })?;
+        self.required_device_node(&format!("nvidia-caps/nvidia-cap{minor}"))
+    }
+
+    /// The capability files of a MIG device relative to
+    /// `/proc/driver/nvidia` (`capabilities/gpu1/mig/gi2/access`, and the
+    /// compute instance's), after checking the instance exists.
+    pub fn mig_access_files(&self, mig: &MigDevice) -> Result<[String; 2], DriverError> {
+        let gpu_minor = self
+            .gpus
+            .get(mig.parent_index)
+            .map(|gpu| gpu.minor)
+            .unwrap_or_default();
+        let gi = format!("capabilities/gpu{gpu_minor}/mig/gi{}/access", mig.gpu_instance);
+        let ci = format!(
+            "capabilities/gpu{gpu_minor}/mig/gi{}/ci{}/access",
+            mig.gpu_instance, mig.compute_instance
+        );
+        let ci_path = self.roots.proc_root.join("driver/nvidia").join(&ci);
+        if !ci_path.exists() {
+            return Err(DriverError::MissingMigInstance {
+                gpu_minor,
+                gi: mig.gpu_instance,
+                ci: mig.compute_instance,
+                path: ci_path,
+            });
+        }
+        Ok([gi, ci])
+    }
+
+    /// The DRM card and render nodes of a GPU, from
+    /// `<sys>/bus/pci/devices/<bus>/drm/`; none when the GPU has no DRM
+    /// device (compute-only boards, or nvidia-drm not loaded).
+    pub fn drm_nodes(&self, gpu: &Gpu) -> Result<Vec<DeviceNode>, DriverError> {
+        let dir = self
+            .roots
+            .sys_root
+            .join("bus/pci/devices")
+            .join(gpu.bus_id.to_string())
+            .join("drm");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.starts_with("card") || name.starts_with("renderD"))
+            .collect();
+        names.sort();
+        let mut nodes = Vec::new();
+        for name in names {
+            if let Some(node) = self.device_node(&format!("dri/{name}"))? {
+                nodes.push(node);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// Every node under the dev root's `/dev/<dir>` whose name starts with
+    /// `prefix` (`nvidia-fs` -> nvidia-fs0, nvidia-fs1, ...), sorted.
+    pub fn device_nodes_with_prefix(&self, dir: &str, prefix: &str) -> Result<Vec<DeviceNode>, DriverError> {
+        let base = self.roots.dev_root.join("dev").join(dir);
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| name.starts_with(prefix))
+            .collect();
+        names.sort();
+        let mut nodes = Vec::new();
+        for name in names {
+            let relative = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            if let Some(node) = self.device_node(&relative)? {
+                nodes.push(node);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// The graphics vendor files present under the driver root.
+    pub fn graphics_files(&self) -> Vec<HostFile> {
+        GRAPHICS_FILES
+            .iter()
+            .filter_map(|path| {
+                let host_path = confined::resolve(&self.roots.driver_root, Path::new(path)).ok()?;
+                host_path.is_file().then(|| HostFile {
+                    host_path,
+                    container_path: PathBuf::from(path),
+                })
+            })
+            .collect()
     }
 }
 

@@ -9,12 +9,17 @@
 
 pub mod argv;
 pub mod config;
+pub mod configure;
 pub mod confined;
 pub mod driver;
+pub mod driver_api;
 pub mod edits;
 pub mod elf;
+pub mod hook;
 pub mod ldcache;
 pub mod logging;
+pub mod nvidia_docker;
 pub mod request;
+pub mod requirements;
 pub mod runtime;
 pub mod spec;

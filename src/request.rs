@@ -33,8 +33,19 @@ pub enum RequestError {
     EmptyDevice { source_name: String, value: String },
     #[error("{source_name} names device \"{device}\", which is not a GPU index, a GPU UUID (GPU-...) or a PCI bus id (0000:3b:00.0): fix the value")]
     MalformedDevice { source_name: String, device: String },
-    #[error("{source_name} names MIG device \"{device}\": MIG device requests are not supported by this runtime yet; request the whole GPU instead")]
-    MigUnsupported { source_name: String, device: String },
+    #[error("{variable}={value} asks for MIG {what}, which only a privileged container may have: run it privileged, or unset {variable}")]
+    MigNeedsPrivilege {
+        variable: &'static str,
+        value: String,
+        what: &'static str,
+    },
+    #[error("{variable}=\"{value}\" is not supported: the only value is all")]
+    MigAllOnly {
+        variable: &'static str,
+        value: String,
+    },
+    #[error("NVIDIA_IMEX_CHANNELS names channel \"{channel}\", which is not a channel number: use a comma list of numbers, or all")]
+    BadImexChannel { channel: String },
     #[error("{source_name} names CDI device \"{device}\": CDI device requests are not supported by this runtime yet; request the GPU by index or UUID instead")]
     CdiUnsupported { source_name: String, device: String },
     #[error("config.json is not an OCI runtime spec: {field} must be {expected}")]
@@ -96,6 +107,10 @@ pub enum DeviceId {
     /// A full `GPU-...` UUID, as written (matched case-insensitively).
     Uuid(String),
     BusId(BusId),
+    /// A MIG device by its `MIG-...` UUID.
+    MigUuid(String),
+    /// A MIG device as `<gpu index>:<MIG index>` (NVML's MIG index order).
+    MigIndex { gpu: u32, mig: u32 },
 }
 
 impl fmt::Display for DeviceId {
@@ -104,6 +119,8 @@ impl fmt::Display for DeviceId {
             DeviceId::Index(index) => write!(f, "{index}"),
             DeviceId::Uuid(uuid) => f.write_str(uuid),
             DeviceId::BusId(bus) => write!(f, "{bus}"),
+            DeviceId::MigUuid(uuid) => f.write_str(uuid),
+            DeviceId::MigIndex { gpu, mig } => write!(f, "{gpu}:{mig}"),
         }
     }
 }
@@ -246,6 +263,12 @@ pub struct Request {
     pub disable_require: bool,
     /// CAP_SYS_ADMIN in the bounding set: what runc calls privileged.
     pub privileged: bool,
+    /// `NVIDIA_MIG_CONFIG_DEVICES=all` (privileged only).
+    pub mig_config: bool,
+    /// `NVIDIA_MIG_MONITOR_DEVICES=all` (privileged only).
+    pub mig_monitor: bool,
+    pub imex_channels: Option<ImexChannels>,
+    pub features: FeatureDevices,
 }
 
 /// The container's environment as the container will see it: the last entry
@@ -350,11 +373,11 @@ fn parse_device_id(item: &str, source_name: &str, whole: &str) -> Result<DeviceI
     if item.len() > 4 && item[..4].eq_ignore_ascii_case("GPU-") {
         return Ok(DeviceId::Uuid(item.to_string()));
     }
-    if item.starts_with("MIG-") || is_mig_pair(item) {
-        return Err(RequestError::MigUnsupported {
-            source_name: source_name.to_string(),
-            device: item.to_string(),
-        });
+    if item.len() > 4 && item[..4].eq_ignore_ascii_case("MIG-") {
+        return Ok(DeviceId::MigUuid(item.to_string()));
+    }
+    if let Some((gpu, mig)) = mig_pair(item) {
+        return Ok(DeviceId::MigIndex { gpu, mig });
     }
     if item.contains('/') && item.contains('=') {
         return Err(RequestError::CdiUnsupported {
@@ -371,13 +394,99 @@ fn parse_device_id(item: &str, source_name: &str, whole: &str) -> Result<DeviceI
 }
 
 /// `<gpu>:<mig>` with both sides decimal.
-fn is_mig_pair(item: &str) -> bool {
-    item.split_once(':').is_some_and(|(gpu, mig)| {
-        !gpu.is_empty()
-            && !mig.is_empty()
-            && gpu.bytes().all(|b| b.is_ascii_digit())
-            && mig.bytes().all(|b| b.is_ascii_digit())
-    })
+fn mig_pair(item: &str) -> Option<(u32, u32)> {
+    let (gpu, mig) = item.split_once(':')?;
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !decimal(gpu) || !decimal(mig) {
+        return None;
+    }
+    Some((gpu.parse().ok()?, mig.parse().ok()?))
+}
+
+/// IMEX channels a container asks for (`NVIDIA_IMEX_CHANNELS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImexChannels {
+    All,
+    List(Vec<u32>),
+}
+
+/// The opt-in device families (`NVIDIA_GDS`, ... = `enabled`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeatureDevices {
+    /// GPUDirect Storage: `/dev/nvidia-fs*`.
+    pub gds: bool,
+    /// Mellanox OFED: `/dev/infiniband/uverbs*`, `/dev/infiniband/rdma_cm`.
+    pub mofed: bool,
+    /// `/dev/nvidia-nvswitch*`.
+    pub nvswitch: bool,
+    /// `/dev/gdrdrv`.
+    pub gdrcopy: bool,
+}
+
+pub const MIG_CONFIG_DEVICES: &str = "NVIDIA_MIG_CONFIG_DEVICES";
+pub const MIG_MONITOR_DEVICES: &str = "NVIDIA_MIG_MONITOR_DEVICES";
+pub const IMEX_CHANNELS: &str = "NVIDIA_IMEX_CHANNELS";
+
+/// `NVIDIA_MIG_CONFIG_DEVICES` / `NVIDIA_MIG_MONITOR_DEVICES`: `all` or
+/// nothing; only privileged containers may ask (the capabilities let a
+/// process reconfigure or watch every MIG instance of the GPU).
+fn mig_capability(
+    env: &HashMap<&str, &str>,
+    variable: &'static str,
+    what: &'static str,
+    privileged: bool,
+) -> Result<bool, RequestError> {
+    let value = env.get(variable).map(|v| v.trim()).unwrap_or("");
+    if value.is_empty() || value == "none" || value == "void" {
+        return Ok(false);
+    }
+    if value != "all" {
+        return Err(RequestError::MigAllOnly {
+            variable,
+            value: value.to_string(),
+        });
+    }
+    if !privileged {
+        return Err(RequestError::MigNeedsPrivilege {
+            variable,
+            value: value.to_string(),
+            what,
+        });
+    }
+    Ok(true)
+}
+
+fn imex_channels(env: &HashMap<&str, &str>) -> Result<Option<ImexChannels>, RequestError> {
+    let value = env.get(IMEX_CHANNELS).map(|v| v.trim()).unwrap_or("");
+    if value.is_empty() || value == "none" || value == "void" {
+        return Ok(None);
+    }
+    if value == "all" {
+        return Ok(Some(ImexChannels::All));
+    }
+    let mut channels = Vec::new();
+    for channel in value.split(',').map(str::trim) {
+        let number = channel
+            .parse()
+            .map_err(|_| RequestError::BadImexChannel {
+                channel: channel.to_string(),
+            })?;
+        if !channels.contains(&number) {
+            channels.push(number);
+        }
+    }
+    Ok(Some(ImexChannels::List(channels)))
+}
+
+fn feature_devices(env: &HashMap<&str, &str>) -> FeatureDevices {
+    // The anchor's contract: exactly `enabled` turns a family on.
+    let enabled = |name: &str| env.get(name).is_some_and(|v| v.trim() == "enabled");
+    FeatureDevices {
+        gds: enabled("NVIDIA_GDS"),
+        mofed: enabled("NVIDIA_MOFED"),
+        nvswitch: enabled("NVIDIA_NVSWITCH"),
+        gdrcopy: enabled("NVIDIA_GDRCOPY"),
+    }
 }
 
 /// `major.minor` of a `CUDA_VERSION` value like `12.4.1`.
@@ -442,6 +551,10 @@ impl Request {
             requirements,
             disable_require,
             privileged,
+            mig_config: mig_capability(&env, MIG_CONFIG_DEVICES, "configuration", privileged)?,
+            mig_monitor: mig_capability(&env, MIG_MONITOR_DEVICES, "monitoring", privileged)?,
+            imex_channels: imex_channels(&env)?,
+            features: feature_devices(&env),
         }))
     }
 
@@ -537,14 +650,13 @@ mod tests {
             parse_devices("gpu0", "X"),
             Err(RequestError::MalformedDevice { .. })
         ));
-        assert!(matches!(
-            parse_devices("MIG-abc", "X"),
-            Err(RequestError::MigUnsupported { .. })
-        ));
-        assert!(matches!(
-            parse_devices("0:1", "X"),
-            Err(RequestError::MigUnsupported { .. })
-        ));
+        assert_eq!(
+            devices("MIG-abc,1:2"),
+            Devices::List(vec![
+                DeviceId::MigUuid("MIG-abc".into()),
+                DeviceId::MigIndex { gpu: 1, mig: 2 },
+            ])
+        );
         assert!(matches!(
             parse_devices("nvidia.com/gpu=0", "X"),
             Err(RequestError::CdiUnsupported { .. })
@@ -614,8 +726,10 @@ mod tests {
             }
         );
         // The admin's supported list caps the request.
-        let mut config = Config::default();
-        config.supported_driver_capabilities = "utility".into();
+        let config = Config {
+            supported_driver_capabilities: "utility".into(),
+            ..Default::default()
+        };
         let request = Request::from_spec(
             &spec_with_env(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=all"]),
             &config,
@@ -657,8 +771,10 @@ mod tests {
 
     #[test]
     fn unprivileged_trust_setting() {
-        let mut config = Config::default();
-        config.accept_nvidia_visible_devices_envvar_when_unprivileged = false;
+        let config = Config {
+            accept_nvidia_visible_devices_envvar_when_unprivileged: false,
+            ..Default::default()
+        };
         let unprivileged = spec_with_env(&["NVIDIA_VISIBLE_DEVICES=all"]);
         assert_eq!(Request::from_spec(&unprivileged, &config).unwrap(), None);
         let mut privileged = unprivileged.clone();
@@ -670,9 +786,11 @@ mod tests {
 
     #[test]
     fn mount_requests_when_enabled() {
-        let mut config = Config::default();
-        config.accept_nvidia_visible_devices_envvar_when_unprivileged = false;
-        config.accept_nvidia_visible_devices_as_volume_mounts = true;
+        let mut config = Config {
+            accept_nvidia_visible_devices_envvar_when_unprivileged: false,
+            accept_nvidia_visible_devices_as_volume_mounts: true,
+            ..Default::default()
+        };
         let mut spec = spec_with_env(&["NVIDIA_VISIBLE_DEVICES=all"]);
         spec["mounts"] = json!([
             {"destination": "/proc", "type": "proc", "source": "proc"},
@@ -690,9 +808,51 @@ mod tests {
     }
 
     #[test]
+    fn mig_capabilities_need_privilege() {
+        let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"];
+        let error = request(&env).unwrap_err();
+        assert!(matches!(error, RequestError::MigNeedsPrivilege { .. }), "{error}");
+        assert!(error.to_string().contains("privileged"), "{error}");
+        let mut spec = spec_with_env(&env);
+        spec["process"]["capabilities"] = json!({"bounding": ["CAP_SYS_ADMIN"]});
+        let request = Request::from_spec(&spec, &Config::default()).unwrap().unwrap();
+        assert!(request.mig_config && !request.mig_monitor);
+        let error = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_MONITOR_DEVICES=0"])
+            .unwrap_err();
+        assert!(matches!(error, RequestError::MigAllOnly { .. }), "{error}");
+    }
+
+    #[test]
+    fn imex_and_feature_devices() {
+        let request = request(&[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_IMEX_CHANNELS=1,0,1",
+            "NVIDIA_GDS=enabled",
+            "NVIDIA_MOFED=disabled",
+            "NVIDIA_GDRCOPY=enabled",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(request.imex_channels, Some(ImexChannels::List(vec![1, 0])));
+        assert_eq!(
+            request.features,
+            FeatureDevices { gds: true, mofed: false, nvswitch: false, gdrcopy: true }
+        );
+        let all = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=all"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(all.imex_channels, Some(ImexChannels::All));
+        let error = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=x"])
+            .unwrap_err();
+        assert!(error.to_string().contains("\"x\""), "{error}");
+    }
+
+    #[test]
     fn swarm_resource() {
-        let mut config = Config::default();
-        config.swarm_resource = "DOCKER_RESOURCE_GPU".into();
+        let config = Config {
+            swarm_resource: "DOCKER_RESOURCE_GPU".into(),
+            ..Default::default()
+        };
         let spec = spec_with_env(&["DOCKER_RESOURCE_GPU=GPU-1", "NVIDIA_VISIBLE_DEVICES=all"]);
         let request = Request::from_spec(&spec, &config).unwrap().unwrap();
         assert_eq!(

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use crate::argv::{Action, ArgvError, Invocation};
 use crate::config::{Config, ConfigError, Source};
 use crate::driver::{Driver, Roots};
-use crate::edits::{container_library_dir, ContainerEdits, EditsError, HookSettings};
+use crate::driver_api::HostFacts;
+use crate::edits::{select_devices, ContainerEdits, EditsError, HookSettings, LibraryDirs};
+use crate::requirements::RequirementError;
 use crate::request::{Request, RequestError};
 use crate::spec::{BundleSpec, SpecError};
 
@@ -36,6 +38,8 @@ pub enum RuntimeError {
     },
     #[error(transparent)]
     Edits(#[from] EditsError),
+    #[error(transparent)]
+    Requirement(#[from] RequirementError),
     #[error("the GPU prestart hook \"{name}\" was not found next to {self_dir} or on PATH: install nvidia-container-runtime-hook, or set path in [nvidia-container-runtime-hook] of config.toml")]
     NoHook { name: String, self_dir: PathBuf },
     #[error("cannot determine the working directory (the default bundle): {0}")]
@@ -119,6 +123,7 @@ pub fn roots(config: &Config) -> Roots {
         driver_root: config.driver_root(),
         dev_root: config.dev_root(),
         proc_root: config.proc_root(),
+        sys_root: config.sys_root(),
     }
 }
 
@@ -144,8 +149,10 @@ pub fn find_hook(
         })?;
     Ok(HookSettings {
         path,
+        // The hook chdirs to / before reading it: a relative path (from
+        // a relative NVIDIA_CTK_CONFIG_FILE_PATH) must be made absolute here.
         config_path: match source {
-            Source::File(path) => Some(path.clone()),
+            Source::File(path) => Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
             Source::Defaults => None,
         },
     })
@@ -179,9 +186,20 @@ pub fn modify_bundle(
         request.capabilities
     );
     let driver = Driver::discover(roots(config)).map_err(EditsError::from)?;
-    let library_dir = container_library_dir(&spec.rootfs());
+    // NVML and libcuda are loaded only if a MIG device or a requirement
+    // term asks for them.
+    let mut facts = HostFacts::new(&driver);
+    let selection = select_devices(&driver, &request, &mut facts)?;
+    if request.disable_require {
+        tracing::info!("requirement checks disabled");
+    } else if !request.requirements.is_empty() {
+        let gpus = selection.physical_gpus(&driver);
+        facts.select(gpus.iter().map(|gpu| gpu.uuid.clone()).collect());
+        crate::requirements::check(&request.requirements, gpus.len(), &mut facts)?;
+    }
+    let library_dirs = LibraryDirs::for_rootfs(&spec.rootfs());
     let hook = hook()?;
-    let edits = ContainerEdits::for_request(&driver, &request, &library_dir, Some(&hook))?;
+    let edits = ContainerEdits::for_request(&driver, &request, &selection, &library_dirs, Some(&hook))?;
     let patched = crate::spec::apply(&spec.value, &edits, &spec.path)?;
     if patched == spec.value {
         tracing::debug!("{}: already patched; not rewritten", spec.path.display());

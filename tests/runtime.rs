@@ -342,8 +342,10 @@ fn spec_edits_survive_unknown_fields_and_a_second_patch_is_a_no_op() {
     let id = unique_id("idem");
     let create = |id: &str| {
         output({
+            // The container's init inherits create's stdio and holds it
+            // until start: a pipe here would never see EOF.
             let mut c = world.command(&["create", "--bundle", bundle.dir.to_str().unwrap(), id]);
-            c.stdout(Stdio::null());
+            c.stdout(Stdio::null()).stderr(Stdio::null());
             c
         })
     };

@@ -34,7 +34,47 @@ pub const GPU_MODEL: &str = "NVIDIA H100 80GB HBM3";
 pub const LIB_DIR: &str = "usr/lib/x86_64-linux-gnu";
 /// Major of `nvidia-uvm` in the fake `/proc/devices`.
 pub const NVIDIA_UVM_MAJOR: u32 = 511;
+/// Major of `nvidia-caps` (MIG access nodes `/dev/nvidia-caps/nvidia-cap<M>`).
 pub const NVIDIA_CAPS_MAJOR: u32 = 510;
+/// Major of `nvidia-caps-imex-channels` (`/dev/nvidia-caps-imex-channels/channel<N>`).
+pub const NVIDIA_CAPS_IMEX_CHANNELS_MAJOR: u32 = 508;
+/// The real DRM major (`/dev/dri/card<N>`, `renderD<N>`); used as is.
+pub const DRM_MAJOR: u32 = 226;
+/// Fake majors of the feature devices (`options.feature_devices`). Real hosts
+/// allocate most of them dynamically (rdma_cm is a misc device, 10:dynamic;
+/// infiniband_verbs is 231): these are chosen from the high dynamic range and
+/// must not be in the test host's /proc/devices, so that opening the nodes
+/// gives ENXIO, never a real device (`fake_majors_absent_from_host` checks it).
+/// `/dev/nvidia-fs0`, `/dev/nvidia-fs1`: NVIDIA_FS_MAJOR:0, :1.
+pub const NVIDIA_FS_MAJOR: u32 = 505;
+/// `/dev/infiniband/uverbs0`: INFINIBAND_VERBS_MAJOR:192 (the real minor).
+pub const INFINIBAND_VERBS_MAJOR: u32 = 504;
+pub const INFINIBAND_UVERBS0_MINOR: u32 = 192;
+/// `/dev/infiniband/rdma_cm`: RDMA_CM_MAJOR:RDMA_CM_MINOR.
+pub const RDMA_CM_MAJOR: u32 = 501;
+pub const RDMA_CM_MINOR: u32 = 0;
+/// `/dev/nvidia-nvswitch0`, `nvidia-nvswitch1`: :0, :1; `/dev/nvidia-nvswitchctl`: :255.
+pub const NVIDIA_NVSWITCH_MAJOR: u32 = 503;
+/// `/dev/gdrdrv`: GDRDRV_MAJOR:0.
+pub const GDRDRV_MAJOR: u32 = 502;
+/// Every major the fake driver's nodes use, with its name; 195 and 226 are
+/// the real fixed NVIDIA and DRM majors, the others are fake.
+pub const FAKE_MAJORS: &[(u32, &str)] = &[
+    (195, "nvidia"),
+    (DRM_MAJOR, "drm"),
+    (NVIDIA_UVM_MAJOR, "nvidia-uvm"),
+    (NVIDIA_CAPS_MAJOR, "nvidia-caps"),
+    (NVIDIA_CAPS_IMEX_CHANNELS_MAJOR, "nvidia-caps-imex-channels"),
+    (NVIDIA_FS_MAJOR, "nvidia-fs"),
+    (INFINIBAND_VERBS_MAJOR, "infiniband_verbs"),
+    (RDMA_CM_MAJOR, "rdma_cm"),
+    (NVIDIA_NVSWITCH_MAJOR, "nvidia-nvswitch"),
+    (GDRDRV_MAJOR, "gdrdrv"),
+];
+/// Library dir of the i386 copies (`options.compat32`).
+pub const LIB32_DIR: &str = "usr/lib/i386-linux-gnu";
+/// The MIG profile of every fake MIG device (an H100 80GB 1-slice profile).
+pub const MIG_PROFILE: &str = "1g.10gb";
 pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 const SRC_CUDA: &str = include_str!("../fixtures/fake_cuda.c");
@@ -57,6 +97,35 @@ pub const DRIVER_LIBS: &[(&str, Option<&str>)] = &[
 ];
 pub const DRIVER_BINS: &[&str] = &["nvidia-smi", "nvidia-debugdump", "nvidia-cuda-mps-control"];
 pub const FIRMWARE_FILES: &[&str] = &["gsp_ga10x.bin", "gsp_tu10x.bin"];
+/// Graphics libraries (`options.graphics`), same form as `DRIVER_LIBS`.
+pub const GRAPHICS_LIBS: &[(&str, Option<&str>)] = &[
+    ("libGLX_nvidia", Some("0")),
+    ("libEGL_nvidia", Some("0")),
+    ("libnvidia-glcore", None),
+];
+/// i386 copies in `LIB32_DIR` (`options.compat32`), same form as `DRIVER_LIBS`.
+pub const COMPAT32_LIBS: &[(&str, Option<&str>)] =
+    &[("libcuda", Some("1")), ("libnvidia-ml", Some("1"))];
+/// Vendor/ICD files of `options.graphics`: (path under the driver root, content).
+pub const GRAPHICS_FILES: &[(&str, &str)] = &[
+    (
+        "usr/share/glvnd/egl_vendor.d/10_nvidia.json",
+        "{\n    \"file_format_version\" : \"1.0.0\",\n    \"ICD\" : {\n        \"library_path\" : \"libEGL_nvidia.so.0\"\n    }\n}\n",
+    ),
+    (
+        "usr/share/vulkan/icd.d/nvidia_icd.json",
+        "{\n    \"file_format_version\" : \"1.0.1\",\n    \"ICD\": {\n        \"library_path\": \"libGLX_nvidia.so.0\",\n        \"api_version\" : \"1.3.277\"\n    }\n}\n",
+    ),
+    (
+        "usr/share/vulkan/implicit_layer.d/nvidia_layers.json",
+        "{\n    \"file_format_version\" : \"1.0.1\",\n    \"layer\": {\n        \"name\": \"VK_LAYER_NV_optimus\",\n        \"type\": \"INSTANCE\",\n        \"library_path\": \"libGLX_nvidia.so.0\",\n        \"api_version\" : \"1.3.277\",\n        \"implementation_version\" : \"1\",\n        \"description\" : \"NVIDIA Optimus layer\",\n        \"functions\": {\n            \"vkGetInstanceProcAddr\": \"vk_optimusGetInstanceProcAddr\",\n            \"vkGetDeviceProcAddr\": \"vk_optimusGetDeviceProcAddr\"\n        },\n        \"enable_environment\": {\n            \"__NV_PRIME_RENDER_OFFLOAD\": \"1\"\n        },\n        \"disable_environment\": {\n            \"DISABLE_LAYER_NV_OPTIMUS_1\": \"\"\n        }\n    }\n}\n",
+    ),
+    (
+        "usr/share/egl/egl_external_platform.d/15_nvidia_gbm.json",
+        "{\n    \"file_format_version\" : \"1.0.0\",\n    \"ICD\" : {\n        \"library_path\" : \"libnvidia-egl-gbm.so.1\"\n    }\n}\n",
+    ),
+    ("etc/OpenCL/vendors/nvidia.icd", "libnvidia-opencl.so.1\n"),
+];
 
 // ---------------------------------------------------------------------------
 // Fake driver
@@ -127,6 +196,57 @@ pub fn fake_uuid(i: usize) -> String {
     )
 }
 
+/// A created MIG device (GPU instance `gi`, compute instance `ci`) of the GPU
+/// at `gpu_index` (index order = sorted bus id, as in `FakeDriver::gpus`).
+/// Its profile is `MIG_PROFILE`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FakeMig {
+    pub gpu_index: usize,
+    pub gi: u32,
+    pub ci: u32,
+    /// "MIG-<uuid-like>"
+    pub uuid: String,
+}
+
+impl FakeMig {
+    /// With a deterministic UUID (`fake_mig_uuid`).
+    pub fn new(gpu_index: usize, gi: u32, ci: u32) -> FakeMig {
+        FakeMig {
+            gpu_index,
+            gi,
+            ci,
+            uuid: fake_mig_uuid(gpu_index, gi, ci),
+        }
+    }
+
+    /// The line the fake (and real) `nvidia-smi -L` prints for it under its
+    /// GPU's line, `mig_index` being its index among that GPU's MIG devices.
+    pub fn smi_line(&self, mig_index: usize) -> String {
+        format!(
+            "  MIG {MIG_PROFILE:<11} Device {mig_index:>2}: (UUID: {})",
+            self.uuid
+        )
+    }
+}
+
+/// A deterministic MIG UUID ("MIG-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx").
+pub fn fake_mig_uuid(gpu_index: usize, gi: u32, ci: u32) -> String {
+    let mut h = DefaultHasher::new();
+    ("fake-mig-uuid", gpu_index, gi, ci).hash(&mut h);
+    let a = h.finish();
+    let mut h = DefaultHasher::new();
+    (a, gi, ci).hash(&mut h);
+    let b = h.finish();
+    format!(
+        "MIG-{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 #[derive(Clone, Debug)]
 pub struct FakeDriverOptions {
     pub gpus: Vec<FakeGpu>,
@@ -136,6 +256,27 @@ pub struct FakeDriverOptions {
     pub kernel_version: String,
     /// Write `driver-root/etc/ld.so.cache` with `ldconfig -r`.
     pub ld_cache: bool,
+    /// Created MIG devices (default none). Non-empty: `proc-root/driver/
+    /// nvidia-caps/mig-minors`, capability files of the created instances
+    /// and of mig/config, mig/monitor, their `dev-root/dev/nvidia-caps/
+    /// nvidia-cap<M>` nodes, and MIG devices in the fake NVML / nvidia-smi.
+    pub mig: Vec<FakeMig>,
+    /// DRM nodes `dev-root/dev/dri/card<N>`, `renderD<128+N>` (N = index + 1;
+    /// plus a non-NVIDIA `card0`, a BMC VGA at 0000:02:00.0) and their
+    /// `sys-root/bus/pci/devices/<bus>/drm/` entries (default off).
+    pub drm: bool,
+    /// Graphics libraries (`GRAPHICS_LIBS`) and vendor files
+    /// (`GRAPHICS_FILES`) in the driver root (default off).
+    pub graphics: bool,
+    /// IMEX channel nodes `dev-root/dev/nvidia-caps-imex-channels/channel<N>`
+    /// for N in 0..imex_channels (default 0).
+    pub imex_channels: u32,
+    /// nvidia-fs0/1, infiniband/uverbs0 and rdma_cm, nvidia-nvswitch0/1 and
+    /// nvidia-nvswitchctl, gdrdrv nodes (default off).
+    pub feature_devices: bool,
+    /// i386 copies of libcuda and libnvidia-ml in `LIB32_DIR`, in ld.so.conf
+    /// and the cache (default off).
+    pub compat32: bool,
 }
 
 impl FakeDriverOptions {
@@ -163,7 +304,62 @@ impl FakeDriverOptions {
             version: DRIVER_VERSION.to_string(),
             kernel_version: DRIVER_VERSION.to_string(),
             ld_cache: true,
+            mig: Vec::new(),
+            drm: false,
+            graphics: false,
+            imex_channels: 0,
+            feature_devices: false,
+            compat32: false,
         }
+    }
+
+    /// Builder: these MIG devices (`FakeMig::new(gpu_index, gi, ci)`).
+    pub fn with_mig(mut self, mig: Vec<FakeMig>) -> Self {
+        self.mig = mig;
+        self
+    }
+
+    pub fn with_drm(mut self) -> Self {
+        self.drm = true;
+        self
+    }
+
+    pub fn with_graphics(mut self) -> Self {
+        self.graphics = true;
+        self
+    }
+
+    pub fn with_imex_channels(mut self, count: u32) -> Self {
+        self.imex_channels = count;
+        self
+    }
+
+    pub fn with_feature_devices(mut self) -> Self {
+        self.feature_devices = true;
+        self
+    }
+
+    pub fn with_compat32(mut self) -> Self {
+        self.compat32 = true;
+        self
+    }
+
+    /// Every optional feature on: drm, graphics, 2 IMEX channels, feature
+    /// devices, compat32, and MIG devices gi1/ci0 + gi2/ci0 on GPU 0 and
+    /// gi1/ci0 on GPU 1 (when there are that many GPUs).
+    pub fn with_all_features(self) -> Self {
+        let n = self.gpus.len();
+        let mig = [(0, 1, 0), (0, 2, 0), (1, 1, 0)]
+            .into_iter()
+            .filter(|&(g, _, _)| g < n)
+            .map(|(g, gi, ci)| FakeMig::new(g, gi, ci))
+            .collect();
+        self.with_mig(mig)
+            .with_drm()
+            .with_graphics()
+            .with_imex_channels(2)
+            .with_feature_devices()
+            .with_compat32()
     }
 }
 
@@ -175,15 +371,44 @@ pub struct FakeDriver {
     pub version: String,
     /// In index order (= sorted bus id).
     pub gpus: Vec<FakeGpu>,
+    /// `dir/sys-root` (always created; holds `bus/pci/devices/<bus>/drm/`
+    /// entries with `options.drm`).
+    pub sys_root: PathBuf,
+    /// The MIG devices, sorted by (gpu_index, gi, ci): a GPU's MIG index
+    /// order (NVML, nvidia-smi -L) is their order here.
+    pub mig: Vec<FakeMig>,
 }
+
+/// Number of GPU instance ids (0..=14) and compute instance ids (0..=7) per
+/// GPU in the fake `mig-minors`, as in the real file.
+pub const MIG_MAX_GI: u32 = 15;
+pub const MIG_MAX_CI: u32 = 8;
 
 impl FakeDriver {
     /// Builds the fake driver under `dir`: `driver-root/`, `dev-root/`,
-    /// `proc-root/`.
+    /// `proc-root/`, `sys-root/`.
     pub fn build(dir: &Path, options: &FakeDriverOptions) -> FakeDriver {
         let mut gpus = options.gpus.clone();
         gpus.sort_by(|a, b| a.bus_id.cmp(&b.bus_id));
         let version = options.version.clone();
+        let mut mig = options.mig.clone();
+        mig.sort_by_key(|m| (m.gpu_index, m.gi, m.ci));
+        for (i, m) in mig.iter().enumerate() {
+            assert!(
+                m.gpu_index < gpus.len(),
+                "MIG device {m:?}: no GPU at that index"
+            );
+            assert!(
+                m.gi < MIG_MAX_GI && m.ci < MIG_MAX_CI,
+                "MIG device {m:?}: gi <= 14, ci <= 7"
+            );
+            assert!(
+                i == 0
+                    || (mig[i - 1].gpu_index, mig[i - 1].gi, mig[i - 1].ci)
+                        != (m.gpu_index, m.gi, m.ci),
+                "MIG device {m:?} given twice"
+            );
+        }
         let driver = FakeDriver {
             dir: dir.to_path_buf(),
             driver_root: dir.join("driver-root"),
@@ -191,12 +416,52 @@ impl FakeDriver {
             proc_root: dir.join("proc-root"),
             version,
             gpus,
+            sys_root: dir.join("sys-root"),
+            mig,
         };
-        let artifacts = driver_artifacts(&driver.version, &driver.gpus);
-        driver.build_driver_root(&artifacts, options.ld_cache);
-        driver.build_dev_root();
-        driver.build_proc_root(&options.kernel_version);
+        let artifacts = driver_artifacts(&driver.version, &driver.gpus, &driver.mig);
+        driver.build_driver_root(&artifacts, options);
+        driver.build_dev_root(options);
+        driver.build_proc_root(&options.kernel_version, options);
+        driver.build_sys_root(options);
         driver
+    }
+
+    /// The `nvidia-caps` minor of a MIG access file: `gpu<gpu_minor>/gi<gi>/access`
+    /// (ci None) or `gpu<gpu_minor>/gi<gi>/ci<ci>/access`. Same scheme as the
+    /// real driver: config 1, monitor 2, then per GPU minor 15 GIs of
+    /// 1 + 8 minors each: 3 + gpu_minor * 135 + gi * 9 + (ci + 1 or 0).
+    pub fn mig_minor(gpu_minor: u32, gi: u32, ci: Option<u32>) -> u32 {
+        assert!(gi < MIG_MAX_GI && ci.map_or(true, |c| c < MIG_MAX_CI));
+        let per_gi = 1 + MIG_MAX_CI;
+        3 + gpu_minor * MIG_MAX_GI * per_gi + gi * per_gi + ci.map_or(0, |c| c + 1)
+    }
+
+    /// The MIG devices of the GPU at `gpu_index`, in MIG index order.
+    pub fn mig_devices(&self, gpu_index: usize) -> Vec<&FakeMig> {
+        self.mig
+            .iter()
+            .filter(|m| m.gpu_index == gpu_index)
+            .collect()
+    }
+
+    /// The DRM card number N (`/dev/dri/card<N>`, render node `renderD<128+N>`)
+    /// of the GPU at `index` with `options.drm`.
+    pub fn drm_card(index: usize) -> u32 {
+        index as u32 + 1
+    }
+
+    /// `sys-root/bus/pci/devices/<bus>/drm` of the GPU at `index`.
+    pub fn drm_sys_dir(&self, index: usize) -> PathBuf {
+        self.sys_root
+            .join("bus/pci/devices")
+            .join(&self.gpus[index].bus_id)
+            .join("drm")
+    }
+
+    /// `driver-root/usr/lib/i386-linux-gnu`
+    pub fn lib32_dir(&self) -> PathBuf {
+        self.driver_root.join(LIB32_DIR)
     }
 
     pub fn lib_dir(&self) -> PathBuf {
@@ -230,6 +495,9 @@ impl FakeDriver {
         let mut out = String::new();
         for (i, &index) in indices.iter().enumerate() {
             writeln!(out, "{}", self.gpus[index].smi_line(i)).unwrap();
+            for (j, mig) in self.mig_devices(index).into_iter().enumerate() {
+                writeln!(out, "{}", mig.smi_line(j)).unwrap();
+            }
         }
         out
     }
@@ -245,6 +513,7 @@ impl FakeDriver {
         writeln!(text, "[nvidia-container-runtime]").unwrap();
         writeln!(text, "dev-root = {}", toml_str(&self.dev_root)).unwrap();
         writeln!(text, "proc-root = {}", toml_str(&self.proc_root)).unwrap();
+        writeln!(text, "sys-root = {}", toml_str(&self.sys_root)).unwrap();
         writeln!(text, "debug = {}", toml_str(&self.debug_log_path())).unwrap();
         writeln!(text, "log-level = \"debug\"").unwrap();
         if !extra_runtime_keys.is_empty() {
@@ -260,33 +529,67 @@ impl FakeDriver {
         path.to_path_buf()
     }
 
-    fn build_driver_root(&self, artifacts: &Path, ld_cache: bool) {
+    fn build_driver_root(&self, artifacts: &Path, options: &FakeDriverOptions) {
         let root = &self.driver_root;
         let lib_dir = self.lib_dir();
         let bin_dir = root.join("usr/bin");
         for d in [&lib_dir, &bin_dir, &root.join("etc"), &root.join("var")] {
             fs::create_dir_all(d).expect("create driver root dirs");
         }
-        for entry in fs::read_dir(artifacts.join("lib")).expect("read artifact libs") {
-            let entry = entry.unwrap();
-            fs::copy(entry.path(), lib_dir.join(entry.file_name())).expect("copy driver lib");
+        // (built libs, where they go, their names)
+        let mut lib_sets: Vec<(PathBuf, PathBuf, &[(&str, Option<&str>)])> =
+            vec![(artifacts.join("lib"), lib_dir.clone(), DRIVER_LIBS)];
+        if options.graphics {
+            lib_sets.push((
+                artifacts.join("lib-graphics"),
+                lib_dir.clone(),
+                GRAPHICS_LIBS,
+            ));
+        }
+        if options.compat32 {
+            // Built only when asked for: it needs gcc -m32.
+            lib_sets.push((
+                compat32_artifacts(&self.version),
+                self.lib32_dir(),
+                COMPAT32_LIBS,
+            ));
+        }
+        for (built, dest, _) in &lib_sets {
+            fs::create_dir_all(dest).expect("create driver lib dir");
+            for entry in fs::read_dir(built).expect("read artifact libs") {
+                let entry = entry.unwrap();
+                fs::copy(entry.path(), dest.join(entry.file_name())).expect("copy driver lib");
+            }
+        }
+        if options.graphics {
+            for (path, content) in GRAPHICS_FILES {
+                let path = root.join(path);
+                fs::create_dir_all(path.parent().unwrap()).expect("create graphics file dir");
+                fs::write(path, content).expect("write graphics file");
+            }
         }
         for bin in DRIVER_BINS {
             fs::copy(artifacts.join("bin").join(bin), bin_dir.join(bin)).expect("copy driver bin");
         }
-        fs::write(root.join("etc/ld.so.conf"), format!("/{LIB_DIR}\n")).expect("write ld.so.conf");
-        if ld_cache {
+        let mut ld_so_conf = format!("/{LIB_DIR}\n");
+        if options.compat32 {
+            ld_so_conf.push_str(&format!("/{LIB32_DIR}\n"));
+        }
+        fs::write(root.join("etc/ld.so.conf"), ld_so_conf).expect("write ld.so.conf");
+        if options.ld_cache {
             // Creates the SONAME links and etc/ld.so.cache.
             run_ok(Command::new(ldconfig_path()).arg("-r").arg(root));
         } else {
             // SONAME links only (the newest version wins, like ldconfig).
-            for (name, soname) in DRIVER_LIBS {
-                if let Some(major) = soname {
-                    symlink(
-                        format!("{name}.so.{}", self.version),
-                        lib_dir.join(format!("{name}.so.{major}")),
-                    )
-                    .expect("create SONAME link");
+            for (_, dest, libs) in &lib_sets {
+                for (name, soname) in libs.iter() {
+                    if let Some(major) = soname {
+                        symlink(
+                            format!("{name}.so.{}", self.version),
+                            dest.join(format!("{name}.so.{major}")),
+                        )
+                        .expect("create SONAME link");
+                    }
                 }
             }
         }
@@ -304,7 +607,7 @@ impl FakeDriver {
         symlink("../run", root.join("var/run")).expect("create var/run link");
     }
 
-    fn build_dev_root(&self) {
+    fn build_dev_root(&self, options: &FakeDriverOptions) {
         let dev = self.dev_root.join("dev");
         fs::create_dir_all(&dev).expect("create dev root");
         let mut nodes: Vec<(String, u32, u32)> = vec![
@@ -316,12 +619,114 @@ impl FakeDriver {
         for gpu in &self.gpus {
             nodes.push((format!("nvidia{}", gpu.minor), 195, gpu.minor));
         }
+        if options.drm {
+            // card0: the BMC's VGA (no render node), not an NVIDIA GPU.
+            nodes.push(("dri/card0".into(), DRM_MAJOR, 0));
+            for i in 0..self.gpus.len() {
+                let n = Self::drm_card(i);
+                nodes.push((format!("dri/card{n}"), DRM_MAJOR, n));
+                nodes.push((format!("dri/renderD{}", 128 + n), DRM_MAJOR, 128 + n));
+            }
+        }
+        for n in 0..options.imex_channels {
+            nodes.push((
+                format!("nvidia-caps-imex-channels/channel{n}"),
+                NVIDIA_CAPS_IMEX_CHANNELS_MAJOR,
+                n,
+            ));
+        }
+        if options.feature_devices {
+            nodes.extend([
+                ("nvidia-fs0".into(), NVIDIA_FS_MAJOR, 0),
+                ("nvidia-fs1".into(), NVIDIA_FS_MAJOR, 1),
+                (
+                    "infiniband/uverbs0".into(),
+                    INFINIBAND_VERBS_MAJOR,
+                    INFINIBAND_UVERBS0_MINOR,
+                ),
+                ("infiniband/rdma_cm".into(), RDMA_CM_MAJOR, RDMA_CM_MINOR),
+                ("nvidia-nvswitch0".into(), NVIDIA_NVSWITCH_MAJOR, 0),
+                ("nvidia-nvswitch1".into(), NVIDIA_NVSWITCH_MAJOR, 1),
+                ("nvidia-nvswitchctl".into(), NVIDIA_NVSWITCH_MAJOR, 255),
+                ("gdrdrv".into(), GDRDRV_MAJOR, 0),
+            ]);
+        }
         for (name, major, minor) in nodes {
-            mknod(&dev.join(name), major, minor);
+            let path = dev.join(name);
+            fs::create_dir_all(path.parent().unwrap()).expect("create dev dir");
+            mknod(&path, major, minor);
+        }
+        // MIG capability nodes, mode from their procfs file like nvidia-modprobe.
+        for (_, minor, mode) in self.mig_capabilities() {
+            let caps = dev.join("nvidia-caps");
+            fs::create_dir_all(&caps).expect("create dev/nvidia-caps");
+            mknod_mode(
+                &caps.join(format!("nvidia-cap{minor}")),
+                NVIDIA_CAPS_MAJOR,
+                minor,
+                mode,
+            );
         }
     }
 
-    fn build_proc_root(&self, kernel_version: &str) {
+    /// With MIG devices: (path under `proc-root/driver/nvidia/capabilities`,
+    /// minor, mode) of mig/config, mig/monitor and every created gi and ci.
+    fn mig_capabilities(&self) -> Vec<(String, u32, u32)> {
+        if self.mig.is_empty() {
+            return Vec::new();
+        }
+        let mut caps = vec![
+            ("mig/config".to_string(), 1, 0o400),
+            ("mig/monitor".to_string(), 2, 0o444),
+        ];
+        for m in &self.mig {
+            let gpu_minor = self.gpus[m.gpu_index].minor;
+            let gi = format!("gpu{gpu_minor}/mig/gi{}/access", m.gi);
+            if !caps.iter().any(|(p, _, _)| *p == gi) {
+                caps.push((gi, Self::mig_minor(gpu_minor, m.gi, None), 0o444));
+            }
+            caps.push((
+                format!("gpu{gpu_minor}/mig/gi{}/ci{}/access", m.gi, m.ci),
+                Self::mig_minor(gpu_minor, m.gi, Some(m.ci)),
+                0o444,
+            ));
+        }
+        caps
+    }
+
+    fn build_sys_root(&self, options: &FakeDriverOptions) {
+        fs::create_dir_all(&self.sys_root).expect("create sys root");
+        if !options.drm {
+            return;
+        }
+        let devices = self.sys_root.join("bus/pci/devices");
+        // (bus, vendor, class, drm entries)
+        let mut pci: Vec<(String, &str, &str, Vec<String>)> = vec![(
+            "0000:02:00.0".into(),
+            "0x1a03",
+            "0x030000",
+            vec!["card0".into()],
+        )];
+        for (i, gpu) in self.gpus.iter().enumerate() {
+            let n = Self::drm_card(i);
+            pci.push((
+                gpu.bus_id.clone(),
+                "0x10de",
+                "0x030200",
+                vec![format!("card{n}"), format!("renderD{}", 128 + n)],
+            ));
+        }
+        for (bus, vendor, class, entries) in pci {
+            let dir = devices.join(&bus);
+            for entry in entries {
+                fs::create_dir_all(dir.join("drm").join(entry)).expect("create sysfs drm dir");
+            }
+            fs::write(dir.join("vendor"), format!("{vendor}\n")).expect("write sysfs vendor");
+            fs::write(dir.join("class"), format!("{class}\n")).expect("write sysfs class");
+        }
+    }
+
+    fn build_proc_root(&self, kernel_version: &str, options: &FakeDriverOptions) {
         let nvidia = self.proc_root.join("driver/nvidia");
         fs::create_dir_all(nvidia.join("gpus")).expect("create proc root");
         fs::write(
@@ -339,7 +744,49 @@ impl FakeDriver {
                 .expect("write proc gpu information");
         }
         fs::write(nvidia.join("params"), PROC_PARAMS).expect("write proc params");
-        fs::write(self.proc_root.join("devices"), PROC_DEVICES).expect("write proc devices");
+        let mut extra_majors: Vec<(u32, &str)> = Vec::new();
+        if options.feature_devices {
+            extra_majors.extend([
+                (NVIDIA_FS_MAJOR, "nvidia-fs"),
+                (INFINIBAND_VERBS_MAJOR, "infiniband_verbs"),
+                (RDMA_CM_MAJOR, "rdma_cm"),
+                (NVIDIA_NVSWITCH_MAJOR, "nvidia-nvswitch"),
+                (GDRDRV_MAJOR, "gdrdrv"),
+            ]);
+        }
+        fs::write(self.proc_root.join("devices"), proc_devices(&extra_majors))
+            .expect("write proc devices");
+
+        let caps = self.mig_capabilities();
+        if !caps.is_empty() {
+            let caps_dir = self.proc_root.join("driver/nvidia-caps");
+            fs::create_dir_all(&caps_dir).expect("create proc nvidia-caps");
+            let mut gpu_minors: Vec<u32> = self.gpus.iter().map(|g| g.minor).collect();
+            gpu_minors.sort();
+            let mut listing = String::from("config 1\nmonitor 2\n");
+            for m in gpu_minors {
+                for gi in 0..MIG_MAX_GI {
+                    let minor = Self::mig_minor(m, gi, None);
+                    writeln!(listing, "gpu{m}/gi{gi}/access {minor}").unwrap();
+                    for ci in 0..MIG_MAX_CI {
+                        let minor = Self::mig_minor(m, gi, Some(ci));
+                        writeln!(listing, "gpu{m}/gi{gi}/ci{ci}/access {minor}").unwrap();
+                    }
+                }
+            }
+            fs::write(caps_dir.join("mig-minors"), listing).expect("write mig-minors");
+            for (path, minor, mode) in caps {
+                let path = nvidia.join("capabilities").join(path);
+                fs::create_dir_all(path.parent().unwrap()).expect("create proc capability dir");
+                fs::write(
+                    path,
+                    format!(
+                        "DeviceFileMinor: {minor}\nDeviceFileMode: {mode}\nDeviceFileModify: 1\n"
+                    ),
+                )
+                .expect("write proc capability file");
+            }
+        }
     }
 }
 
@@ -438,17 +885,18 @@ Block devices:
 
 /// Compiles (once per process and content hash) the driver's libraries and
 /// binaries; returns a dir with `lib/` and `bin/`.
-fn driver_artifacts(version: &str, gpus: &[FakeGpu]) -> PathBuf {
-    let header = gpu_header(version, gpus);
+fn driver_artifacts(version: &str, gpus: &[FakeGpu], mig: &[FakeMig]) -> PathBuf {
+    let header = gpu_header(version, gpus, mig);
     let key = content_key(&[
         "driver", version, &header, SRC_CUDA, SRC_NVML, SRC_SMI, SRC_TOOL, SRC_LIB,
     ]);
     let version = version.to_string();
     cached_build(&format!("driver-{key}"), move |out| {
         let lib = out.join("lib");
+        let lib_graphics = out.join("lib-graphics");
         let bin = out.join("bin");
         let src = out.join("src");
-        for d in [&lib, &bin, &src] {
+        for d in [&lib, &lib_graphics, &bin, &src] {
             fs::create_dir_all(d).unwrap();
         }
         fs::write(src.join("fake_gpus.h"), &header).unwrap();
@@ -487,6 +935,19 @@ fn driver_artifacts(version: &str, gpus: &[FakeGpu]) -> PathBuf {
             &lib.join(format!("libcuda.so.{STALE_DRIVER_VERSION}")),
             &["-DFAKE_CUDA_DRIVER_VERSION=12020"],
         );
+        for (name, major) in GRAPHICS_LIBS {
+            let file = format!("{name}.so.{version}");
+            let soname = match major {
+                Some(major) => format!("{name}.so.{major}"),
+                None => file.clone(),
+            };
+            gcc_shared(
+                &plain,
+                &soname,
+                &lib_graphics.join(&file),
+                &[&format!("-DLIB_NAME=\"{name}\"")],
+            );
+        }
 
         // nvidia-smi links against the SONAME, without an rpath.
         let link_dir = out.join("link");
@@ -522,7 +983,75 @@ fn driver_artifacts(version: &str, gpus: &[FakeGpu]) -> PathBuf {
     })
 }
 
-fn gpu_header(version: &str, gpus: &[FakeGpu]) -> String {
+/// Compiles (once, cached) the i386 libraries; returns the dir holding them.
+fn compat32_artifacts(version: &str) -> PathBuf {
+    let key = content_key(&["compat32", version, SRC_CUDA, SRC_LIB]);
+    let version = version.to_string();
+    cached_build(&format!("compat32-{key}"), move |out| {
+        let src = out.join("src");
+        let lib = out.join("lib");
+        fs::create_dir_all(&src).unwrap();
+        fs::create_dir_all(&lib).unwrap();
+        fs::write(src.join("fake_cuda.c"), SRC_CUDA).unwrap();
+        fs::write(src.join("fake_lib.c"), SRC_LIB).unwrap();
+        build_compat32_libs(
+            &src,
+            &lib,
+            &version,
+            &src.join("fake_cuda.c"),
+            &src.join("fake_lib.c"),
+        );
+    })
+    .join("lib")
+}
+
+/// The i386 copies (`COMPAT32_LIBS`) into `out`: libcuda from fake_cuda.c,
+/// the others from fake_lib.c (no libc headers needed, so no
+/// libc6-dev-i386). They are linked with `-nostdlib` against a stub i386
+/// `libc.so.6` (built in `work`) so that they have `DT_NEEDED libc.so.6`, like
+/// the real ones: `ldconfig` then lists them as `(libc6)`, flags 0x0003
+/// (without that NEEDED they would be plain `(ELF)`, 0x0001).
+fn build_compat32_libs(work: &Path, out: &Path, version: &str, cuda: &Path, plain: &Path) {
+    fs::create_dir_all(work).unwrap();
+    let stub = work.join("libc_stub.c");
+    fs::write(&stub, "int fake_i386_libc_stub;\n").unwrap();
+    let gcc32 = |source: &Path, soname: &str, output: &Path, extra: &[&str]| {
+        let mut cmd = Command::new("gcc");
+        cmd.args(["-m32", "-O2", "-Wall", "-shared", "-nostdlib", "-fPIC"])
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg("-o")
+            .arg(output)
+            .arg(source)
+            .args(extra);
+        let result = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        assert!(
+            result.status.success(),
+            "{cmd:?} failed: gcc cannot build i386 libraries here (apt-get install -y gcc-multilib)\n{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    };
+    gcc32(&stub, "libc.so.6", &work.join("libc.so.6"), &[]);
+    let link = format!("-L{}", work.display());
+    for (name, major) in COMPAT32_LIBS {
+        let file = format!("{name}.so.{version}");
+        let soname = match major {
+            Some(major) => format!("{name}.so.{major}"),
+            None => file.clone(),
+        };
+        let source = if *name == "libcuda" { cuda } else { plain };
+        let define = format!("-DLIB_NAME=\"{name}\"");
+        gcc32(
+            source,
+            &soname,
+            &out.join(&file),
+            &[&define, &link, "-Wl,--no-as-needed", "-l:libc.so.6"],
+        );
+    }
+}
+
+fn gpu_header(version: &str, gpus: &[FakeGpu], mig: &[FakeMig]) -> String {
     let mut h = String::new();
     writeln!(h, "/* Generated by tests/common/mod.rs */").unwrap();
     writeln!(h, "#define FAKE_DRIVER_VERSION \"{}\"", c_escape(version)).unwrap();
@@ -542,6 +1071,29 @@ fn gpu_header(version: &str, gpus: &[FakeGpu]) -> String {
     }
     // Sentinel, so that the array is never empty.
     writeln!(h, "    {{ -1, \"\", \"\", \"\", 0u, 0u, 0u }},").unwrap();
+    writeln!(h, "}};").unwrap();
+    // MIG devices: { parent index, gi, ci, MIG index on the parent, uuid },
+    // sorted by parent, then MIG index.
+    writeln!(h, "#define FAKE_MIG_PROFILE \"{MIG_PROFILE}\"").unwrap();
+    writeln!(h, "#define FAKE_MIG_COUNT {}u", mig.len()).unwrap();
+    writeln!(h, "static const struct fake_mig FAKE_MIGS[] = {{").unwrap();
+    let mut mig_index = 0;
+    for (i, m) in mig.iter().enumerate() {
+        if i > 0 && mig[i - 1].gpu_index != m.gpu_index {
+            mig_index = 0;
+        }
+        writeln!(
+            h,
+            "    {{ {}, {}u, {}u, {mig_index}u, \"{}\" }},",
+            m.gpu_index,
+            m.gi,
+            m.ci,
+            c_escape(&m.uuid)
+        )
+        .unwrap();
+        mig_index += 1;
+    }
+    writeln!(h, "    {{ -1, 0u, 0u, 0u, \"\" }},").unwrap();
     writeln!(h, "}};").unwrap();
     h
 }
@@ -573,11 +1125,48 @@ fn gcc_shared(source: &Path, soname: &str, out: &Path, defines: &[&str]) {
 }
 
 fn mknod(path: &Path, major: u32, minor: u32) {
-    run_ok(Command::new("mknod").args(["-m", "666"]).arg(path).args([
-        "c",
-        &major.to_string(),
-        &minor.to_string(),
-    ]));
+    mknod_mode(path, major, minor, 0o666);
+}
+
+fn mknod_mode(path: &Path, major: u32, minor: u32, mode: u32) {
+    run_ok(
+        Command::new("mknod")
+            .args(["-m", &format!("{mode:o}")])
+            .arg(path)
+            .args(["c", &major.to_string(), &minor.to_string()]),
+    );
+}
+
+/// `PROC_DEVICES` with extra character majors, in major order.
+fn proc_devices(extra: &[(u32, &str)]) -> String {
+    if extra.is_empty() {
+        return PROC_DEVICES.to_string();
+    }
+    let (chars, block) = PROC_DEVICES
+        .split_once("\nBlock devices:")
+        .expect("PROC_DEVICES has a block section");
+    let mut lines: Vec<(u32, String)> = chars
+        .lines()
+        .skip(1)
+        .map(|l| {
+            (
+                l.trim().split(' ').next().unwrap().parse().unwrap(),
+                l.to_string(),
+            )
+        })
+        .collect();
+    lines.extend(
+        extra
+            .iter()
+            .map(|(major, name)| (*major, format!("{major:>3} {name}"))),
+    );
+    lines.sort_by_key(|(major, _)| *major);
+    let mut text = String::from("Character devices:\n");
+    for (_, line) in lines {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text + "\nBlock devices:" + block
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+//! `nvidia-container-runtime-hook`: the GPU prestart hook.
+//! Thin: the logic is in [`nvidia_container_runtime::hook`].
+
+use std::ffi::OsString;
+
+use nvidia_container_runtime::hook::{self, HookArgs, Stage, State};
+use nvidia_container_runtime::logging;
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let Err(error) = run(&args) {
+        // runc shows a failing hook's stderr whole in its own error line, so
+        // this is the one line the user reads.
+        let message = logging::error_chain(&error);
+        tracing::error!("{message}");
+        eprintln!("nvidia-container-runtime-hook: {message}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: &[OsString]) -> Result<(), hook::HookError> {
+    // First act: the process that does the work has no loader variables.
+    hook::scrub_loader_environment(args)?;
+    hook::harden_process()?;
+
+    let args = HookArgs::parse(args)?;
+    if args.stage != Stage::Prestart {
+        return Ok(());
+    }
+    let state = State::read(&mut std::io::stdin().lock())?;
+    let config = hook::load_config(args.config.as_deref())?;
+    // Opened here, on the host, before the hook enters the container's mount
+    // namespace, where the log path could mean something else.
+    logging::init_debug_log(
+        &config.nvidia_container_runtime.debug,
+        &config.nvidia_container_runtime.log_level,
+    );
+    tracing::debug!(id = %state.id, pid = state.pid, bundle = %state.bundle.display(), "prestart hook");
+    let report = hook::prestart(&args, &state, &config)?;
+    tracing::info!(?report, "prestart hook done");
+    Ok(())
+}

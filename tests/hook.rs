@@ -1,0 +1,864 @@
+//! Integration tests of `nvidia-container-runtime-hook`: real runc, our
+//! runtime binary and the fake driver (tests/common), and images built the
+//! way an attacker would build them (security.md rule 6).
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, FileTypeExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nvidia_container_runtime::hook::build_masked_tree;
+use serde_json::{json, Value};
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
+const HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
+/// argv[0] of the hook, as the hook entries' args give it.
+const ARG0: &str = "nvidia-container-runtime-hook";
+
+/// A fake driver, its config.toml and a state dir, in one temp dir.
+struct Setup {
+    tmp: TempDir,
+    driver: FakeDriver,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+impl Setup {
+    fn new(prefix: &str) -> Setup {
+        let tmp = TempDir::new(prefix);
+        let driver = FakeDriver::build(&tmp.path().join("driver"), &FakeDriverOptions::two_gpus());
+        let config = driver.write_config(&tmp.path().join("config.toml"), "");
+        let state = tmp.path().join("state");
+        Setup {
+            tmp,
+            driver,
+            config,
+            state,
+        }
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// A bundle asking for GPU 0 with compute and utility.
+    fn gpu_bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
+        let mut all_env = vec![
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility",
+        ];
+        all_env.extend_from_slice(env);
+        Bundle::new(&self.dir(name), kind, args, &all_env)
+    }
+
+    fn runtime_env(&self) -> [(&str, &str); 1] {
+        [(
+            "NVIDIA_CTK_CONFIG_FILE_PATH",
+            self.config.to_str().expect("UTF-8 temp path"),
+        )]
+    }
+
+    /// `nvidia-container-runtime run`; on failure the message carries the
+    /// runtime's (and the hook's) debug log.
+    fn run(&self, bundle: &Bundle, prefix: &str) -> RunOutput {
+        run_container(
+            Path::new(RUNTIME),
+            &self.state,
+            bundle,
+            &unique_id(prefix),
+            &self.runtime_env(),
+        )
+    }
+
+    fn debug_log(&self) -> String {
+        fs::read_to_string(self.driver.debug_log_path()).unwrap_or_default()
+    }
+
+    fn assert_ran(&self, out: &RunOutput, what: &str) {
+        if !out.success() {
+            panic!(
+                "{what} failed ({})\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- debug log ---\n{}",
+                out.status,
+                out.stdout,
+                out.stderr,
+                self.debug_log()
+            );
+        }
+    }
+}
+
+fn ldconfig_print(cache: &Path) -> String {
+    let out = Command::new("ldconfig")
+        .arg("-p")
+        .arg("-C")
+        .arg(cache)
+        .output()
+        .expect("run ldconfig -p");
+    assert!(
+        out.status.success(),
+        "ldconfig -p -C {}: {out:?}",
+        cache.display()
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn injected_line(soname: &str, lib_dir: &str) -> String {
+    format!("{soname} (libc6,x86-64) => {lib_dir}/{soname}")
+}
+
+#[test]
+fn glibc_image_with_ldconfig_lists_injected_libraries() {
+    if !require_root() {
+        return;
+    }
+    let setup = Setup::new("hook-ldconfig");
+    let script = "ldconfig -p; echo ---; nvidia-smi -L; echo ---; use-image-lib";
+    let bundle = setup.gpu_bundle(
+        "b",
+        RootfsKind::Glibc { ldconfig: true },
+        &["sh", "-c", script],
+        &[],
+    );
+    let out = setup.run(&bundle, "ldc");
+    setup.assert_ran(&out, "ldconfig -p / nvidia-smi in a glibc image");
+    let parts: Vec<&str> = out.stdout.split("---\n").collect();
+    assert_eq!(parts.len(), 3, "{out:?}");
+    let lib_dir = "/usr/lib/x86_64-linux-gnu";
+    for soname in ["libcuda.so.1", "libnvidia-ml.so.1"] {
+        assert!(
+            parts[0].contains(&injected_line(soname, lib_dir)),
+            "{}",
+            parts[0]
+        );
+    }
+    // The image's own entries stay.
+    assert!(
+        parts[0].contains("libimage.so.1 (libc6,x86-64) => "),
+        "{}",
+        parts[0]
+    );
+    assert!(
+        parts[0].contains("libc.so.6 (libc6,x86-64) => "),
+        "{}",
+        parts[0]
+    );
+    assert_eq!(parts[1], setup.driver.smi_output(&[0]));
+    assert_eq!(parts[2], "hello from libimage\n");
+
+    // Seen from the host: a regular file, mode 0644, that glibc's own
+    // ldconfig reads.
+    let cache = bundle.rootfs.join("etc/ld.so.cache");
+    let meta = fs::symlink_metadata(&cache).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
+    let listing = ldconfig_print(&cache);
+    assert!(
+        listing.contains(&injected_line("libcuda.so.1", lib_dir)),
+        "{listing}"
+    );
+    // No temp file left behind.
+    let leftovers: Vec<_> = fs::read_dir(bundle.rootfs.join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("nvidia-hook"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn images_without_ldconfig_and_busybox_start() {
+    if !require_root() {
+        return;
+    }
+    let setup = Setup::new("hook-plain");
+
+    // glibc without ldconfig or ld.so.cache: the hook writes a cache of the
+    // injected libraries; nvidia-smi (glibc) runs.
+    let bundle = setup.gpu_bundle(
+        "glibc",
+        RootfsKind::Glibc { ldconfig: false },
+        &["sh", "-c", "nvidia-smi -L && use-image-lib"],
+        &[],
+    );
+    let out = setup.run(&bundle, "noldc");
+    setup.assert_ran(&out, "nvidia-smi in a glibc image without ldconfig");
+    assert_eq!(
+        out.stdout,
+        format!("{}hello from libimage\n", setup.driver.smi_output(&[0]))
+    );
+    let listing = ldconfig_print(&bundle.rootfs.join("etc/ld.so.cache"));
+    assert!(
+        listing.contains(&injected_line(
+            "libnvidia-ml.so.1",
+            "/usr/lib/x86_64-linux-gnu"
+        )),
+        "{listing}"
+    );
+
+    // busybox (static, no libc, not Debian): starts; the libraries are in
+    // /usr/lib64 and listed in the cache the hook wrote.
+    let bundle = setup.gpu_bundle(
+        "busybox",
+        RootfsKind::Busybox,
+        &[
+            "sh",
+            "-c",
+            "test -e /usr/lib64/libcuda.so.1 && test -x /usr/bin/nvidia-smi && echo ok",
+        ],
+        &[],
+    );
+    let out = setup.run(&bundle, "bb");
+    setup.assert_ran(&out, "busybox GPU container");
+    assert_eq!(out.stdout, "ok\n");
+    let listing = ldconfig_print(&bundle.rootfs.join("etc/ld.so.cache"));
+    assert!(
+        listing.contains(&injected_line("libcuda.so.1", "/usr/lib64")),
+        "{listing}"
+    );
+
+    // An image without /etc (scratch-like): starts, and no /etc is made.
+    let bundle = setup.gpu_bundle("noetc", RootfsKind::Busybox, &["true"], &[]);
+    fs::remove_dir_all(bundle.rootfs.join("etc")).unwrap();
+    let out = setup.run(&bundle, "noetc");
+    setup.assert_ran(&out, "GPU container of an image without /etc");
+    assert!(!bundle.rootfs.join("etc").exists());
+}
+
+/// Compiles a library whose constructor appends its pid to `marker`.
+fn build_marker_library(out: &Path, marker: &Path) {
+    let source = out.with_extension("c");
+    fs::write(
+        &source,
+        r#"#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
+__attribute__((constructor)) static void pwn(void)
+{
+    char line[32];
+    int fd = open(MARKER, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+        int n = snprintf(line, sizeof(line), "%d\n", (int)getpid());
+        if (write(fd, line, n) < 0) {}
+        close(fd);
+    }
+}
+"#,
+    )
+    .unwrap();
+    let status = Command::new("gcc")
+        .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
+        .arg(out)
+        .arg(format!("-DMARKER=\"{}\"", marker.display()))
+        .arg(&source)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc {}", source.display());
+}
+
+#[test]
+fn nvidiascape_image_ld_preload_never_reaches_the_hook() {
+    if !require_root() {
+        return;
+    }
+    let setup = Setup::new("hook-nvscape");
+    let host_dir = TempDir::new("hook-nvscape-host");
+    let marker = host_dir.path().join("pwned");
+    let evil = setup.dir("evil.so");
+    build_marker_library(&evil, &marker);
+
+    // Control: the library does write the marker when a host process loads it.
+    let status = Command::new("/bin/true")
+        .env("LD_PRELOAD", &evil)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        marker.exists(),
+        "the attacker library must work on the host"
+    );
+    fs::remove_file(&marker).unwrap();
+
+    for (name, preload) in [("cwd", "/proc/self/cwd/evil.so"), ("abs", "/evil.so")] {
+        let env = format!("LD_PRELOAD={preload}");
+        let bundle = setup.gpu_bundle(
+            name,
+            RootfsKind::Glibc { ldconfig: false },
+            &["sh", "-c", "nvidia-smi -L"],
+            &[&env],
+        );
+        // The image carries the library at its root, as in the 3-line
+        // Dockerfile; a copy in the bundle dir covers a hook whose cwd is
+        // the bundle (runc's) rather than the rootfs.
+        fs::copy(&evil, bundle.rootfs.join("evil.so")).unwrap();
+        fs::copy(&evil, bundle.dir.join("evil.so")).unwrap();
+        let out = create_start_delete(
+            Path::new(RUNTIME),
+            &setup.state,
+            &bundle,
+            &unique_id("nvscape"),
+            &setup.runtime_env(),
+        );
+        setup.assert_ran(&out, &format!("container with {env}"));
+        assert_eq!(out.stdout, setup.driver.smi_output(&[0]), "{out:?}");
+        assert!(
+            !marker.exists(),
+            "{env}: the image's library ran on the host: {}",
+            fs::read_to_string(&marker).unwrap_or_default()
+        );
+        // The hook entry the runtime wrote carries its own minimal env.
+        let config = bundle.read_config();
+        let hooks = config["hooks"]["prestart"]
+            .as_array()
+            .expect("prestart hooks");
+        let ours = hooks
+            .iter()
+            .find(|h| h["path"] == HOOK)
+            .expect("our hook entry");
+        let hook_env: Vec<&str> = ours["env"]
+            .as_array()
+            .expect("explicit hook env")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            hook_env.iter().all(|e| !e.starts_with("LD_")),
+            "{hook_env:?}"
+        );
+    }
+}
+
+/// Every entry under `dir`: relative path -> kind, content or link target,
+/// and permission bits.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            let relative = path.strip_prefix(root).unwrap().to_path_buf();
+            let kind = meta.file_type();
+            let description = if kind.is_symlink() {
+                format!("link {:?}", fs::read_link(&path).unwrap())
+            } else if kind.is_dir() {
+                walk(root, &path, out);
+                format!("dir {mode:o}")
+            } else if kind.is_file() {
+                format!("file {mode:o} {:?}", fs::read(&path).unwrap())
+            } else {
+                format!("other {mode:o}")
+            };
+            out.insert(relative, description);
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// `../` enough times to climb out of any rootfs, then `target`.
+fn dotdot(target: &Path) -> PathBuf {
+    PathBuf::from(format!("{}{}", "../".repeat(24), target.display()).replace("//", "/"))
+}
+
+#[test]
+fn image_symlinks_never_reach_the_host() {
+    if !require_root() {
+        return;
+    }
+    let setup = Setup::new("hook-escape");
+    let host = TempDir::new("hook-escape-host");
+    fs::write(host.path().join("canary.txt"), "host file\n").unwrap();
+    fs::write(host.path().join("ld.so.cache"), "the host's own cache\n").unwrap();
+    fs::create_dir_all(host.path().join("nvidia")).unwrap();
+    fs::write(host.path().join("nvidia/params"), "ModifyDeviceFiles: 1\n").unwrap();
+    let before = snapshot(host.path());
+
+    // (what the image replaces, the link's target), each absolute and `..`.
+    let host_cache = host.path().join("ld.so.cache");
+    let cases: Vec<(&str, PathBuf)> = vec![
+        ("usr/lib/x86_64-linux-gnu", host.path().to_path_buf()),
+        ("usr/lib/x86_64-linux-gnu", dotdot(host.path())),
+        ("etc", host.path().to_path_buf()),
+        ("etc", dotdot(host.path())),
+        ("etc/ld.so.cache", host_cache.clone()),
+        ("etc/ld.so.cache", dotdot(&host_cache)),
+        ("proc/driver", host.path().to_path_buf()),
+        ("proc/driver", dotdot(host.path())),
+    ];
+    for (i, (link, target)) in cases.iter().enumerate() {
+        let bundle = setup.gpu_bundle(
+            &format!("b{i}"),
+            RootfsKind::Glibc { ldconfig: true },
+            &["sh", "-c", "echo started"],
+            &[],
+        );
+        let at = bundle.rootfs.join(link);
+        if at.is_dir() {
+            fs::remove_dir_all(&at).unwrap();
+        } else if at.exists() {
+            fs::remove_file(&at).unwrap();
+        }
+        symlink(target, &at).unwrap();
+        let out = setup.run(&bundle, "escape");
+        let what = format!("/{link} -> {}", target.display());
+        if out.success() {
+            assert_eq!(out.stdout, "started\n", "{what}: {out:?}");
+        } else {
+            // Refusing is fine, as long as it says why in one place.
+            let message = format!(
+                "{}{}",
+                out.stderr,
+                fs::read_to_string(bundle.runtime_log_path()).unwrap_or_default()
+            );
+            assert!(
+                !message.trim().is_empty(),
+                "{what}: failed without a message"
+            );
+            eprintln!("{what}: refused: {message}");
+        }
+        assert_eq!(
+            snapshot(host.path()),
+            before,
+            "{what}: the host dir changed"
+        );
+        if *link == "etc/ld.so.cache" {
+            // The link itself was replaced by the new cache.
+            assert!(
+                fs::symlink_metadata(&at).unwrap().file_type().is_file(),
+                "{what}"
+            );
+        }
+    }
+
+    // A FIFO where the cache should be: not opened for a blocking read,
+    // replaced by a regular cache.
+    let bundle = setup.gpu_bundle(
+        "fifo",
+        RootfsKind::Glibc { ldconfig: false },
+        &["nvidia-smi", "-L"],
+        &[],
+    );
+    let fifo = bundle.rootfs.join("etc/ld.so.cache");
+    let _ = fs::remove_file(&fifo);
+    let status = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(status.success());
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    let started = Instant::now();
+    let out = setup.run(&bundle, "fifo");
+    setup.assert_ran(&out, "a FIFO at /etc/ld.so.cache");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(out.stdout, setup.driver.smi_output(&[0]));
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_file());
+}
+
+/// `(name -> content)` of the regular files under `dir`, recursively.
+fn files_under(dir: &Path) -> BTreeMap<String, String> {
+    snapshot(dir)
+        .into_iter()
+        .filter(|(_, d)| d.starts_with("file"))
+        .map(|(path, _)| {
+            let text = fs::read_to_string(dir.join(&path)).unwrap();
+            (path.to_string_lossy().into_owned(), text)
+        })
+        .collect()
+}
+
+#[test]
+fn masked_proc_tree_from_the_fake_driver() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("hook-mask");
+    let driver = FakeDriver::build(
+        &tmp.path().join("driver"),
+        &FakeDriverOptions::with_gpu_count(3),
+    );
+    let source = driver.proc_root.join("driver/nvidia");
+    fs::write(source.join("registry"), "Binary: \"\"\n").unwrap();
+    let source_params = fs::read_to_string(source.join("params")).unwrap();
+    assert!(source_params.contains("ModifyDeviceFiles: 1\n"));
+
+    for selected in [vec![1usize], vec![0, 2]] {
+        let destination = tmp.path().join(format!("masked-{selected:?}"));
+        fs::create_dir(&destination).unwrap();
+        let dirs: Vec<String> = selected
+            .iter()
+            .map(|&i| driver.gpus[i].bus_id.clone())
+            .collect();
+        build_masked_tree(&source, &destination, &dirs).unwrap();
+
+        let mut expected = BTreeMap::new();
+        for name in ["version", "registry"] {
+            expected.insert(
+                name.to_string(),
+                fs::read_to_string(source.join(name)).unwrap(),
+            );
+        }
+        expected.insert(
+            "params".to_string(),
+            source_params.replace("ModifyDeviceFiles: 1\n", "ModifyDeviceFiles: 0\n"),
+        );
+        for dir in &dirs {
+            let name = format!("gpus/{dir}/information");
+            expected.insert(
+                name.clone(),
+                fs::read_to_string(source.join(&name)).unwrap(),
+            );
+        }
+        let actual = files_under(&destination);
+        assert_eq!(actual, expected, "selected {selected:?}");
+
+        // Every other params line as it was, in order.
+        let masked: Vec<&str> = actual["params"].lines().collect();
+        let original: Vec<&str> = source_params.lines().collect();
+        assert_eq!(masked.len(), original.len());
+        for (m, o) in masked.iter().zip(&original) {
+            if o.starts_with("ModifyDeviceFiles:") {
+                assert_eq!(*m, "ModifyDeviceFiles: 0");
+            } else {
+                assert_eq!(m, o);
+            }
+        }
+        let gpus: Vec<String> = fs::read_dir(destination.join("gpus"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut want = dirs.clone();
+        want.sort();
+        assert_eq!(gpus, want);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&destination.join("params")), 0o444);
+        assert_eq!(mode(&destination.join("gpus")), 0o555);
+    }
+
+    // A GPU dir the driver does not have is an error naming the path.
+    let destination = tmp.path().join("masked-missing");
+    fs::create_dir(&destination).unwrap();
+    let error =
+        build_masked_tree(&source, &destination, &["0000:ff:00.0".to_string()]).unwrap_err();
+    assert!(error.to_string().contains("0000:ff:00.0"), "{error}");
+}
+
+/// Runs the hook binary directly with `args` (after argv[0]), `stdin` and
+/// extra env; returns (status, stderr).
+fn run_hook(args: &[&str], stdin: &[u8], env: &[(&str, &Path)]) -> (i32, String) {
+    let mut cmd = Command::new(HOOK);
+    cmd.arg0(ARG0)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn hook");
+    // A hook that exits before reading stdin closes the pipe: ignore EPIPE.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn other_stages_exit_zero_and_loader_variables_are_scrubbed() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("hook-stages");
+    for stage in ["poststart", "poststop", "createRuntime", "frobnicate"] {
+        let (status, stderr) = run_hook(&[stage, "--whatever"], b"", &[]);
+        assert_eq!(status, 0, "{stage}: {stderr}");
+        assert!(stderr.is_empty(), "{stage}: {stderr}");
+    }
+
+    // LD_PRELOAD in the hook's own env: a dynamically linked hook cannot stop
+    // the loader from running the library once, before main; the scrub
+    // re-exec makes sure that the process that goes on has nothing preloaded.
+    let marker = tmp.path().join("loaded");
+    let lib = tmp.path().join("marker.so");
+    build_marker_library(&lib, &marker);
+    let (status, stderr) = run_hook(&["poststop"], b"", &[("LD_PRELOAD", &lib)]);
+    assert_eq!(status, 0, "{stderr}");
+    let loads = fs::read_to_string(&marker).unwrap_or_default();
+    assert!(
+        loads.lines().count() <= 1,
+        "loaded again after the scrub: {loads:?}"
+    );
+
+    // Watch the live process: while it waits for the state on stdin, it must
+    // have re-executed itself without LD_PRELOAD / LD_AUDIT / LD_LIBRARY_PATH.
+    let mut child = Command::new(HOOK)
+        .arg0(ARG0)
+        .args(["prestart", "--injected-by-runtime"])
+        .env("LD_PRELOAD", &lib)
+        .env("LD_LIBRARY_PATH", tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (environ, maps) = loop {
+        let environ = fs::read(proc_dir.join("environ")).unwrap_or_default();
+        let maps = fs::read_to_string(proc_dir.join("maps")).unwrap_or_default();
+        let scrubbed = !environ.is_empty() && !environ.windows(3).any(|w| w == b"LD_");
+        if scrubbed || Instant::now() > deadline {
+            break (environ, maps);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let cwd = fs::read_link(proc_dir.join("cwd")).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(!environ.contains("LD_PRELOAD="), "{environ}");
+    assert!(!environ.contains("LD_LIBRARY_PATH="), "{environ}");
+    assert!(!maps.contains("marker.so"), "{maps}");
+    assert_eq!(cwd, Path::new("/"));
+    // Empty stdin: one clear line, exit 1.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("container state on stdin"), "{stderr}");
+}
+
+#[test]
+fn docker_gpus_without_the_nvidia_runtime_says_what_to_do() {
+    if !require_root() {
+        return;
+    }
+    let tmp = TempDir::new("hook-docker");
+    let runc = runc_path();
+    let state = tmp.path().join("state");
+    // What docker's --gpus writes when the engine's runtime is plain runc.
+    let docker_hook = json!({"path": HOOK, "args": ["nvidia-container-runtime-hook", "prestart"]});
+
+    let bundle = Bundle::new(
+        &tmp.path().join("gpu"),
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+    );
+    bundle.edit_config(|c| c["hooks"] = json!({"prestart": [docker_hook.clone()]}));
+    let out = run_container(&runc, &state, &bundle, &unique_id("docker"), &[]);
+    assert_ne!(out.status, 0, "{out:?}");
+    let message = format!(
+        "{}{}",
+        out.stderr,
+        fs::read_to_string(bundle.runtime_log_path()).unwrap_or_default()
+    );
+    assert!(message.contains("--runtime=nvidia"), "{message}");
+    assert!(
+        message.contains("nvidia-ctk runtime configure"),
+        "{message}"
+    );
+
+    // Not a GPU container (no NVIDIA_VISIBLE_DEVICES, or void): the entry is
+    // harmless.
+    for (name, env) in [
+        ("plain", &[][..]),
+        ("void", &["NVIDIA_VISIBLE_DEVICES=void"][..]),
+    ] {
+        let bundle = Bundle::new(
+            &tmp.path().join(name),
+            RootfsKind::Busybox,
+            &["sh", "-c", "echo fine"],
+            env,
+        );
+        bundle.edit_config(|c| c["hooks"] = json!({"prestart": [docker_hook.clone()]}));
+        let out = run_container(&runc, &state, &bundle, &unique_id("docker"), &[]);
+        out.assert_success(name);
+        assert_eq!(out.stdout, "fine\n");
+    }
+}
+
+/// The masking end to end, without runc: a process in its own mount
+/// namespace stands in for the container's init, and the fake rootfs has a
+/// `/proc/driver/nvidia` (as a GPU host's procfs would show it).
+#[test]
+fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
+    if !require_root() {
+        return;
+    }
+    if require_tool("unshare").is_none() {
+        return;
+    }
+    let setup = Setup::new("hook-maskns");
+    let bundle = setup.dir("bundle");
+    let rootfs = bundle.join("rootfs");
+    let visible = rootfs.join("proc/driver/nvidia");
+    fs::create_dir_all(visible.join("gpus/0000:3b:00.0")).unwrap();
+    fs::write(visible.join("params"), "ModifyDeviceFiles: 1\n").unwrap();
+    fs::write(visible.join("gpus/0000:3b:00.0/information"), "other GPU\n").unwrap();
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::write(
+        bundle.join("config.json"),
+        json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"env": []}})
+            .to_string(),
+    )
+    .unwrap();
+    let before = snapshot(&rootfs.join("proc"));
+
+    let mut init = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = init.id();
+    let ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ns(&pid.to_string()) == ns("self") {
+        assert!(
+            Instant::now() < deadline,
+            "unshare did not make a mount namespace"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let state = json!({"ociVersion": "1.0.2", "id": "x", "status": "creating", "pid": pid, "bundle": bundle});
+    let selected = setup.driver.gpus[0].bus_id.clone();
+    // A MIG capability file the runtime asks the mask to keep.
+    let source = setup.driver.proc_root.join("driver/nvidia");
+    let mig_config = "capabilities/mig/config";
+    if !source.join(mig_config).exists() {
+        fs::create_dir_all(source.join("capabilities/mig")).unwrap();
+        fs::write(source.join(mig_config), "DeviceFileMinor: 1\n").unwrap();
+    }
+    let config = setup.config.to_str().unwrap();
+    let library = "libcuda.so.1=/usr/lib64/libcuda.so.1";
+    let (status, stderr) = run_hook(
+        &[
+            "prestart",
+            "--injected-by-runtime",
+            "--config",
+            config,
+            "--library",
+            library,
+            "--gpu",
+            &selected,
+            "--proc-file",
+            mig_config,
+        ],
+        state.to_string().as_bytes(),
+        &[],
+    );
+    let inside =
+        PathBuf::from(format!("/proc/{pid}/root")).join(visible.strip_prefix("/").unwrap());
+    let seen = if status == 0 {
+        files_under(&inside)
+    } else {
+        BTreeMap::new()
+    };
+    let write_error = fs::write(inside.join("params"), "ModifyDeviceFiles: 1\n").err();
+    let _ = init.kill();
+    let _ = init.wait();
+    assert_eq!(status, 0, "{stderr}\n{}", setup.debug_log());
+
+    let information = format!("gpus/{selected}/information");
+    let expected: BTreeMap<String, String> = [
+        (
+            "version".to_string(),
+            fs::read_to_string(source.join("version")).unwrap(),
+        ),
+        (
+            "params".to_string(),
+            fs::read_to_string(source.join("params"))
+                .unwrap()
+                .replace("ModifyDeviceFiles: 1", "ModifyDeviceFiles: 0"),
+        ),
+        (
+            information.clone(),
+            fs::read_to_string(source.join(&information)).unwrap(),
+        ),
+        (
+            mig_config.to_string(),
+            fs::read_to_string(source.join(mig_config)).unwrap(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(seen, expected);
+    let write_error = write_error.expect("the masked tree must be read-only");
+    assert_eq!(
+        write_error.raw_os_error(),
+        Some(30),
+        "EROFS expected: {write_error}"
+    );
+    // The host's view of the rootfs is untouched: the tmpfs exists only in
+    // the container's namespace.
+    assert_eq!(snapshot(&rootfs.join("proc")), before);
+    // The cache went to the rootfs' /etc.
+    let listing = ldconfig_print(&rootfs.join("etc/ld.so.cache"));
+    assert!(
+        listing.contains(&injected_line("libcuda.so.1", "/usr/lib64")),
+        "{listing}"
+    );
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// The hook's cost per container start (`cargo test --test hook -- --ignored
+/// --nocapture`): medians of `run true` in a glibc image with one GPU.
+#[test]
+#[ignore]
+fn measure_hook_cost() {
+    if !require_root() {
+        return;
+    }
+    const RUNS: usize = 30;
+    let setup = Setup::new("hook-measure");
+    let runc = runc_path();
+    let bundle = setup.gpu_bundle("with", RootfsKind::Glibc { ldconfig: true }, &["true"], &[]);
+    setup.assert_ran(&setup.run(&bundle, "warm"), "warm-up run");
+    let patched = bundle.read_config();
+    let without = setup.gpu_bundle(
+        "without",
+        RootfsKind::Glibc { ldconfig: true },
+        &["true"],
+        &[],
+    );
+    let mut unhooked = patched.clone();
+    unhooked["root"]["path"] = json!(without.rootfs);
+    unhooked["hooks"]["prestart"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|h| h["path"] != HOOK);
+    without.write_config(&unhooked);
+
+    let time = |f: &dyn Fn() -> RunOutput| {
+        let start = Instant::now();
+        let out = f();
+        let elapsed = start.elapsed();
+        setup.assert_ran(&out, "measured run");
+        elapsed
+    };
+    let (mut runtime, mut hooked, mut bare) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        runtime.push(time(&|| setup.run(&bundle, "m")));
+        hooked.push(time(&|| {
+            run_container(&runc, &setup.state, &bundle, &unique_id("m"), &[])
+        }));
+        bare.push(time(&|| {
+            run_container(&runc, &setup.state, &without, &unique_id("m"), &[])
+        }));
+    }
+    let (runtime, hooked, bare) = (median(runtime), median(hooked), median(bare));
+    eprintln!(
+        "median of {RUNS} `run true` (glibc image, 1 GPU): nvidia-container-runtime + runc + hook {runtime:?}; \
+         runc + hook on the patched bundle {hooked:?}; runc on the patched bundle without the hook {bare:?}; \
+         hook cost {:?}",
+        hooked.saturating_sub(bare)
+    );
+}
