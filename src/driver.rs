@@ -655,7 +655,10 @@ impl Driver {
             .get(mig.parent_index)
             .map(|gpu| gpu.minor)
             .unwrap_or_default();
-        let gi = format!("capabilities/gpu{gpu_minor}/mig/gi{}/access", mig.gpu_instance);
+        let gi = format!(
+            "capabilities/gpu{gpu_minor}/mig/gi{}/access",
+            mig.gpu_instance
+        );
         let ci = format!(
             "capabilities/gpu{gpu_minor}/mig/gi{}/ci{}/access",
             mig.gpu_instance, mig.compute_instance
@@ -702,7 +705,11 @@ impl Driver {
 
     /// Every node under the dev root's `/dev/<dir>` whose name starts with
     /// `prefix` (`nvidia-fs` -> nvidia-fs0, nvidia-fs1, ...), sorted.
-    pub fn device_nodes_with_prefix(&self, dir: &str, prefix: &str) -> Result<Vec<DeviceNode>, DriverError> {
+    pub fn device_nodes_with_prefix(
+        &self,
+        dir: &str,
+        prefix: &str,
+    ) -> Result<Vec<DeviceNode>, DriverError> {
         let base = self.roots.dev_root.join("dev").join(dir);
         let Ok(entries) = std::fs::read_dir(&base) else {
             return Ok(Vec::new());
@@ -715,7 +722,11 @@ impl Driver {
         names.sort();
         let mut nodes = Vec::new();
         for name in names {
-            let relative = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            let relative = if dir.is_empty() {
+                name
+            } else {
+                format!("{dir}/{name}")
+            };
             if let Some(node) = self.device_node(&relative)? {
                 nodes.push(node);
             }

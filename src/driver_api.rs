@@ -46,7 +46,11 @@ impl Library {
         // root, never from a container image.
         let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if handle.is_null() {
-            return Err(format!("cannot load {}: {}", path.display(), last_dl_error()));
+            return Err(format!(
+                "cannot load {}: {}",
+                path.display(),
+                last_dl_error()
+            ));
         }
         Ok(Library {
             handle,
@@ -167,11 +171,15 @@ impl<'a> HostFacts<'a> {
         // SAFETY: the buffer is UUID_BUFFER bytes long, as passed.
         let status = unsafe { get_uuid(device, buffer.as_mut_ptr(), UUID_BUFFER as c_uint) };
         if status != 0 {
-            return Err(format!("NVML cannot read a device UUID (NVML error {status})"));
+            return Err(format!(
+                "NVML cannot read a device UUID (NVML error {status})"
+            ));
         }
         // SAFETY: NVML NUL-terminates within the buffer on success; the last
         // byte is still 0 from the initialisation in any case.
-        Ok(unsafe { CStr::from_ptr(buffer.as_ptr()) }.to_string_lossy().into_owned())
+        Ok(unsafe { CStr::from_ptr(buffer.as_ptr()) }
+            .to_string_lossy()
+            .into_owned())
     }
 
     fn handle_by_uuid(nvml: &Library, uuid: &str) -> Result<*mut c_void, String> {
@@ -183,7 +191,9 @@ impl<'a> HostFacts<'a> {
         // SAFETY: c_uuid is NUL-terminated; device is a valid out-pointer.
         let status = unsafe { by_uuid(c_uuid.as_ptr(), &mut device) };
         if status != 0 {
-            return Err(format!("NVML does not know device {uuid} (NVML error {status})"));
+            return Err(format!(
+                "NVML does not know device {uuid} (NVML error {status})"
+            ));
         }
         Ok(device)
     }
@@ -203,12 +213,16 @@ impl<'a> HostFacts<'a> {
         // SAFETY: mig came from NVML; out-pointers are valid.
         let status = unsafe { gi(mig, &mut gpu_instance) };
         if status != 0 {
-            return Err(format!("NVML cannot read a GPU instance id (NVML error {status})"));
+            return Err(format!(
+                "NVML cannot read a GPU instance id (NVML error {status})"
+            ));
         }
         // SAFETY: as above.
         let status = unsafe { ci(mig, &mut compute_instance) };
         if status != 0 {
-            return Err(format!("NVML cannot read a compute instance id (NVML error {status})"));
+            return Err(format!(
+                "NVML cannot read a compute instance id (NVML error {status})"
+            ));
         }
         Ok(MigInfo {
             uuid: Self::device_uuid(nvml, mig)?,
@@ -236,7 +250,11 @@ impl<'a> HostFacts<'a> {
     }
 
     /// The MIG device at `index` (NVML's MIG index order) of a GPU.
-    pub fn mig_by_index(&mut self, parent_uuid: &str, index: u32) -> Result<Option<MigInfo>, String> {
+    pub fn mig_by_index(
+        &mut self,
+        parent_uuid: &str,
+        index: u32,
+    ) -> Result<Option<MigInfo>, String> {
         let nvml = self.nvml()?;
         let parent = Self::handle_by_uuid(nvml, parent_uuid)?;
         let by_index = nvml.symbol("nvmlDeviceGetMigDeviceHandleByIndex")?;
@@ -250,7 +268,9 @@ impl<'a> HostFacts<'a> {
             return Ok(None);
         }
         if status != 0 {
-            return Err(format!("NVML cannot list the MIG devices of {parent_uuid} (NVML error {status})"));
+            return Err(format!(
+                "NVML cannot list the MIG devices of {parent_uuid} (NVML error {status})"
+            ));
         }
         Self::mig_info(nvml, mig, parent_uuid.to_string()).map(Some)
     }
@@ -258,7 +278,10 @@ impl<'a> HostFacts<'a> {
     /// The driver root's file for a SONAME, found like the runtime finds it.
     fn library_path(&self, soname: &str, capability: Capability) -> Result<PathBuf, String> {
         let capabilities: Capabilities = [capability].into_iter().collect();
-        let libraries = self.driver.libraries(capabilities).map_err(|e| e.to_string())?;
+        let libraries = self
+            .driver
+            .libraries(capabilities)
+            .map_err(|e| e.to_string())?;
         libraries
             .into_iter()
             .find(|library| library.soname == soname)
@@ -284,7 +307,9 @@ impl<'a> HostFacts<'a> {
         // SAFETY: version is a valid out-pointer for the call's duration.
         let status = unsafe { get_version(&mut version) };
         if status != 0 {
-            return Err(format!("cuDriverGetVersion failed with CUDA error {status}"));
+            return Err(format!(
+                "cuDriverGetVersion failed with CUDA error {status}"
+            ));
         }
         // Keep libcuda loaded: unloading it is not supported by the driver.
         std::mem::forget(library);
@@ -334,14 +359,21 @@ impl<'a> HostFacts<'a> {
         // SAFETY: device came from NVML; the out-pointers are valid.
         let status = unsafe { capability(device, &mut major, &mut minor) };
         if status != 0 {
-            return Err(format!("NVML cannot read the compute capability of {uuid} (NVML error {status})"));
+            return Err(format!(
+                "NVML cannot read the compute capability of {uuid} (NVML error {status})"
+            ));
         }
         // SAFETY: as above.
         let status = unsafe { brand(device, &mut brand_value) };
         if status != 0 {
-            return Err(format!("NVML cannot read the brand of {uuid} (NVML error {status})"));
+            return Err(format!(
+                "NVML cannot read the brand of {uuid} (NVML error {status})"
+            ));
         }
-        let facts = (format!("{major}.{minor}"), brand_name(brand_value).to_string());
+        let facts = (
+            format!("{major}.{minor}"),
+            brand_name(brand_value).to_string(),
+        );
         if let Some(slot) = self.gpu_facts.get_mut(gpu) {
             *slot = Some(facts.clone());
         }

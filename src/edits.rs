@@ -128,7 +128,12 @@ pub fn prestart_hook(
 
 /// An opt-in device family: enabled, its variable, what it is (for the
 /// error), and the `(dir under /dev, name prefix)` patterns of its nodes.
-type FeatureFamily = (bool, &'static str, &'static str, &'static [(&'static str, &'static str)]);
+type FeatureFamily = (
+    bool,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
 
 /// The container's library dirs for 64- and 32-bit libraries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,9 +238,7 @@ pub fn select_devices<'a>(
                 let parent = driver.gpus.get(*gpu as usize).ok_or_else(|| unknown(id))?;
                 mig.mig_by_index(&parent.uuid, *index)
                     .map_err(|e| mig_error(id, e))?
-                    .ok_or_else(|| {
-                        mig_error(id, format!("GPU {gpu} has no MIG device {index}"))
-                    })?
+                    .ok_or_else(|| mig_error(id, format!("GPU {gpu} has no MIG device {index}")))?
             }
             _ => {
                 let gpu = driver
@@ -261,7 +264,10 @@ pub fn select_devices<'a>(
             .ok_or_else(|| {
                 mig_error(
                     id,
-                    format!("its parent GPU {} is not in the driver's procfs", info.parent_uuid),
+                    format!(
+                        "its parent GPU {} is not in the driver's procfs",
+                        info.parent_uuid
+                    ),
                 )
             })?;
         let device = MigDevice {
@@ -352,7 +358,10 @@ impl ContainerEdits {
                     proc_files.push(file);
                 }
             }
-            for (wanted, name) in [(request.mig_config, "config"), (request.mig_monitor, "monitor")] {
+            for (wanted, name) in [
+                (request.mig_config, "config"),
+                (request.mig_monitor, "monitor"),
+            ] {
                 if wanted {
                     edits.add_node(driver.mig_capability_node(&minors, name)?);
                     proc_files.push(format!("capabilities/mig/{name}"));
@@ -372,7 +381,8 @@ impl ContainerEdits {
                 None => tracing::warn!("optional device node /dev/{name} not found; skipped"),
             }
         }
-        if capabilities.contains(Capability::Graphics) || capabilities.contains(Capability::Display) {
+        if capabilities.contains(Capability::Graphics) || capabilities.contains(Capability::Display)
+        {
             // Only the selected GPUs' DRM nodes: a container must not render
             // on (or read the framebuffer of) a GPU it was not given.
             for gpu in &selection.gpus {
@@ -389,7 +399,10 @@ impl ContainerEdits {
         // ldconfig; libcuda also as libcuda.so, which programs dlopen.
         let mut cache_entries = Vec::new();
         for library in driver.libraries(capabilities)? {
-            cache_entries.push((library.soname.clone(), rootfs_dirs.lib64.join(&library.soname)));
+            cache_entries.push((
+                library.soname.clone(),
+                rootfs_dirs.lib64.join(&library.soname),
+            ));
             edits.add_library(&library, &rootfs_dirs.lib64);
         }
         if capabilities.contains(Capability::Compat32) {
@@ -411,23 +424,31 @@ impl ContainerEdits {
                 FILE_MOUNT_OPTIONS,
             ));
         }
-        if capabilities.contains(Capability::Graphics) || capabilities.contains(Capability::Display) {
+        if capabilities.contains(Capability::Graphics) || capabilities.contains(Capability::Display)
+        {
             for file in driver.graphics_files() {
-                edits
-                    .mounts
-                    .push(mount(&file.host_path, &file.container_path, FILE_MOUNT_OPTIONS));
+                edits.mounts.push(mount(
+                    &file.host_path,
+                    &file.container_path,
+                    FILE_MOUNT_OPTIONS,
+                ));
             }
         }
         for ipc in driver.ipc(capabilities) {
-            edits
-                .mounts
-                .push(mount(&ipc.host_path, &ipc.container_path, IPC_MOUNT_OPTIONS));
+            edits.mounts.push(mount(
+                &ipc.host_path,
+                &ipc.container_path,
+                IPC_MOUNT_OPTIONS,
+            ));
         }
         if let Some(settings) = hook {
             let proc_dirs: Vec<&str> = physical.iter().map(|g| g.proc_dir_name.as_str()).collect();
-            edits
-                .hooks
-                .push(prestart_hook(settings, &cache_entries, &proc_dirs, &proc_files));
+            edits.hooks.push(prestart_hook(
+                settings,
+                &cache_entries,
+                &proc_dirs,
+                &proc_files,
+            ));
         }
         Ok(edits)
     }
@@ -449,8 +470,11 @@ impl ContainerEdits {
             names.push("libcuda.so".to_string());
         }
         for name in names {
-            self.mounts
-                .push(mount(&library.host_path, &dir.join(name), FILE_MOUNT_OPTIONS));
+            self.mounts.push(mount(
+                &library.host_path,
+                &dir.join(name),
+                FILE_MOUNT_OPTIONS,
+            ));
         }
     }
 
@@ -484,18 +508,37 @@ impl ContainerEdits {
     }
 
     /// `NVIDIA_GDS`, `NVIDIA_MOFED`, `NVIDIA_NVSWITCH`, `NVIDIA_GDRCOPY`.
-    fn add_feature_devices(&mut self, driver: &Driver, request: &Request) -> Result<(), EditsError> {
+    fn add_feature_devices(
+        &mut self,
+        driver: &Driver,
+        request: &Request,
+    ) -> Result<(), EditsError> {
         let features = request.features;
         let families: [FeatureFamily; 4] = [
-            (features.gds, "NVIDIA_GDS", "/dev/nvidia-fs*", &[("", "nvidia-fs")]),
+            (
+                features.gds,
+                "NVIDIA_GDS",
+                "/dev/nvidia-fs*",
+                &[("", "nvidia-fs")],
+            ),
             (
                 features.mofed,
                 "NVIDIA_MOFED",
                 "/dev/infiniband/uverbs* or rdma_cm",
                 &[("infiniband", "uverbs"), ("infiniband", "rdma_cm")],
             ),
-            (features.nvswitch, "NVIDIA_NVSWITCH", "/dev/nvidia-nvswitch*", &[("", "nvidia-nvswitch")]),
-            (features.gdrcopy, "NVIDIA_GDRCOPY", "/dev/gdrdrv", &[("", "gdrdrv")]),
+            (
+                features.nvswitch,
+                "NVIDIA_NVSWITCH",
+                "/dev/nvidia-nvswitch*",
+                &[("", "nvidia-nvswitch")],
+            ),
+            (
+                features.gdrcopy,
+                "NVIDIA_GDRCOPY",
+                "/dev/gdrdrv",
+                &[("", "gdrdrv")],
+            ),
         ];
         for (enabled, variable, what, patterns) in families {
             if !enabled {
@@ -520,4 +563,3 @@ impl ContainerEdits {
         Ok(())
     }
 }
-

@@ -110,7 +110,10 @@ pub enum DeviceId {
     /// A MIG device by its `MIG-...` UUID.
     MigUuid(String),
     /// A MIG device as `<gpu index>:<MIG index>` (NVML's MIG index order).
-    MigIndex { gpu: u32, mig: u32 },
+    MigIndex {
+        gpu: u32,
+        mig: u32,
+    },
 }
 
 impl fmt::Display for DeviceId {
@@ -466,11 +469,9 @@ fn imex_channels(env: &HashMap<&str, &str>) -> Result<Option<ImexChannels>, Requ
     }
     let mut channels = Vec::new();
     for channel in value.split(',').map(str::trim) {
-        let number = channel
-            .parse()
-            .map_err(|_| RequestError::BadImexChannel {
-                channel: channel.to_string(),
-            })?;
+        let number = channel.parse().map_err(|_| RequestError::BadImexChannel {
+            channel: channel.to_string(),
+        })?;
         if !channels.contains(&number) {
             channels.push(number);
         }
@@ -811,14 +812,20 @@ mod tests {
     fn mig_capabilities_need_privilege() {
         let env = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_CONFIG_DEVICES=all"];
         let error = request(&env).unwrap_err();
-        assert!(matches!(error, RequestError::MigNeedsPrivilege { .. }), "{error}");
+        assert!(
+            matches!(error, RequestError::MigNeedsPrivilege { .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("privileged"), "{error}");
         let mut spec = spec_with_env(&env);
         spec["process"]["capabilities"] = json!({"bounding": ["CAP_SYS_ADMIN"]});
-        let request = Request::from_spec(&spec, &Config::default()).unwrap().unwrap();
+        let request = Request::from_spec(&spec, &Config::default())
+            .unwrap()
+            .unwrap();
         assert!(request.mig_config && !request.mig_monitor);
-        let error = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_MONITOR_DEVICES=0"])
-            .unwrap_err();
+        let error =
+            super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_MIG_MONITOR_DEVICES=0"])
+                .unwrap_err();
         assert!(matches!(error, RequestError::MigAllOnly { .. }), "{error}");
     }
 
@@ -836,7 +843,12 @@ mod tests {
         assert_eq!(request.imex_channels, Some(ImexChannels::List(vec![1, 0])));
         assert_eq!(
             request.features,
-            FeatureDevices { gds: true, mofed: false, nvswitch: false, gdrcopy: true }
+            FeatureDevices {
+                gds: true,
+                mofed: false,
+                nvswitch: false,
+                gdrcopy: true
+            }
         );
         let all = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=all"])
             .unwrap()

@@ -141,7 +141,10 @@ fn parse_term(text: &str) -> Result<Term, &'static str> {
             if !matches!(operator, Operator::Equal | Operator::NotEqual) {
                 return Err("brand only takes = or !=");
             }
-            if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            if !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
                 return Err("a brand is a word like tesla");
             }
         }
@@ -385,7 +388,12 @@ mod tests {
     }
 
     fn holds_on_host(expression: &str) -> bool {
-        check(&[("NVIDIA_REQUIRE_X".into(), expression.into())], 1, &mut host()).is_ok()
+        check(
+            &[("NVIDIA_REQUIRE_X".into(), expression.into())],
+            1,
+            &mut host(),
+        )
+        .is_ok()
     }
 
     #[test]
@@ -429,7 +437,9 @@ mod tests {
         assert!(!holds_on_host("cuda>=13.0 driver>=551"));
         assert!(holds_on_host("cuda>=12.0,driver>=550"));
         assert!(!holds_on_host("cuda>=12.0,driver>=551"));
-        assert!(holds_on_host("  cuda>=13.0   brand=geforce,arch>=8.0 brand=tesla,driver>=550,driver<551 "));
+        assert!(holds_on_host(
+            "  cuda>=13.0   brand=geforce,arch>=8.0 brand=tesla,driver>=550,driver<551 "
+        ));
         assert!(holds_on_host(""));
     }
 
@@ -438,7 +448,12 @@ mod tests {
         // From nvidia/cuda:12.4.1-base-ubuntu22.04.
         let cuda_12_4 = "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471 brand=nvidia,driver>=470,driver<471 brand=nvidiartx,driver>=470,driver<471 brand=geforce,driver>=470,driver<471 brand=geforce,driver>=535,driver<536";
         let mut facts = host();
-        assert!(check(&[("NVIDIA_REQUIRE_CUDA".into(), cuda_12_4.into())], 1, &mut facts).is_ok());
+        assert!(check(
+            &[("NVIDIA_REQUIRE_CUDA".into(), cuda_12_4.into())],
+            1,
+            &mut facts
+        )
+        .is_ok());
         // Satisfied by the first alternative: NVML never asked.
         assert_eq!(facts.gpu_asked, 0);
         assert_eq!(facts.cuda_asked, 1);
@@ -451,13 +466,27 @@ mod tests {
             brand: "tesla",
             ..Default::default()
         };
-        let cuda_12_1 = "cuda>=12.1 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471";
-        assert!(check(&[("NVIDIA_REQUIRE_CUDA".into(), cuda_12_1.into())], 1, &mut old).is_ok());
+        let cuda_12_1 =
+            "cuda>=12.1 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471";
+        assert!(check(
+            &[("NVIDIA_REQUIRE_CUDA".into(), cuda_12_1.into())],
+            1,
+            &mut old
+        )
+        .is_ok());
         assert!(old.gpu_asked > 0);
         old.brand = "geforce";
-        let error = check(&[("NVIDIA_REQUIRE_CUDA".into(), cuda_12_1.into())], 1, &mut old).unwrap_err();
+        let error = check(
+            &[("NVIDIA_REQUIRE_CUDA".into(), cuda_12_1.into())],
+            1,
+            &mut old,
+        )
+        .unwrap_err();
         let message = error.to_string();
-        assert!(message.contains("the driver supports CUDA 11.4, the image needs cuda>=12.1"), "{message}");
+        assert!(
+            message.contains("the driver supports CUDA 11.4, the image needs cuda>=12.1"),
+            "{message}"
+        );
         assert!(message.contains("NVIDIA_DISABLE_REQUIRE=1"), "{message}");
     }
 
@@ -469,7 +498,10 @@ mod tests {
         ];
         let error = check(&requirements, 2, &mut host()).unwrap_err();
         assert!(error.to_string().contains("NVIDIA_REQUIRE_ARCH"), "{error}");
-        assert!(error.to_string().contains("compute capability 9.0"), "{error}");
+        assert!(
+            error.to_string().contains("compute capability 9.0"),
+            "{error}"
+        );
         // No GPU selected: GPU properties are not checked.
         assert!(check(&requirements, 0, &mut host()).is_ok());
     }
@@ -499,7 +531,10 @@ mod tests {
         let v = |s| parse_version(s).unwrap();
         assert_eq!(compare_versions(&v("12.4"), &v("12.4.0")), Ordering::Equal);
         assert_eq!(compare_versions(&v("12.10"), &v("12.9")), Ordering::Greater);
-        assert_eq!(compare_versions(&v("550.54.15"), &v("550.100")), Ordering::Less);
+        assert_eq!(
+            compare_versions(&v("550.54.15"), &v("550.100")),
+            Ordering::Less
+        );
         assert_eq!(parse_version("1..2"), None);
         assert_eq!(parse_version(""), None);
     }

@@ -14,8 +14,8 @@ use crate::config::{Config, ConfigError, Source};
 use crate::driver::{Driver, Roots};
 use crate::driver_api::HostFacts;
 use crate::edits::{select_devices, ContainerEdits, EditsError, HookSettings, LibraryDirs};
-use crate::requirements::RequirementError;
 use crate::request::{Request, RequestError};
+use crate::requirements::RequirementError;
 use crate::spec::{BundleSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
@@ -199,7 +199,8 @@ pub fn modify_bundle(
     }
     let library_dirs = LibraryDirs::for_rootfs(&spec.rootfs());
     let hook = hook()?;
-    let edits = ContainerEdits::for_request(&driver, &request, &selection, &library_dirs, Some(&hook))?;
+    let edits =
+        ContainerEdits::for_request(&driver, &request, &selection, &library_dirs, Some(&hook))?;
     let patched = crate::spec::apply(&spec.value, &edits, &spec.path)?;
     if patched == spec.value {
         tracing::debug!("{}: already patched; not rewritten", spec.path.display());

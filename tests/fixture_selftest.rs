@@ -422,7 +422,11 @@ fn fake_majors_absent_from_host() {
     let mut majors: Vec<u32> = FAKE_MAJORS.iter().map(|(m, _)| *m).collect();
     majors.sort();
     majors.dedup();
-    assert_eq!(majors.len(), FAKE_MAJORS.len(), "fake majors must be distinct");
+    assert_eq!(
+        majors.len(),
+        FAKE_MAJORS.len(),
+        "fake majors must be distinct"
+    );
 }
 
 #[test]
@@ -451,7 +455,10 @@ fn optional_features_default_off() {
         assert!(!absent.exists(), "{} exists by default", absent.display());
     }
     let devices = std::fs::read_to_string(driver.proc_root.join("devices")).unwrap();
-    assert!(devices.contains("\n510 nvidia-caps\n508 nvidia-caps-imex-channels\n") || devices.contains("\n508 nvidia-caps-imex-channels\n510 nvidia-caps\n"));
+    assert!(
+        devices.contains("\n510 nvidia-caps\n508 nvidia-caps-imex-channels\n")
+            || devices.contains("\n508 nvidia-caps-imex-channels\n510 nvidia-caps\n")
+    );
     assert!(!devices.contains("nvidia-fs"));
     let config = driver.write_config(&tmp.path().join("config.toml"), "");
     let text = std::fs::read_to_string(config).unwrap();
@@ -531,9 +538,16 @@ fn fake_driver_mig() {
         FakeMig::new(0, 1, 0),
     ]);
     let driver = FakeDriver::build(tmp.path(), &options);
-    let keys: Vec<_> = driver.mig.iter().map(|m| (m.gpu_index, m.gi, m.ci)).collect();
+    let keys: Vec<_> = driver
+        .mig
+        .iter()
+        .map(|m| (m.gpu_index, m.gi, m.ci))
+        .collect();
     assert_eq!(keys, [(0, 1, 0), (0, 1, 1), (1, 2, 0)]);
-    assert!(driver.mig.iter().all(|m| m.uuid.starts_with("MIG-") && m.uuid.len() == 40));
+    assert!(driver
+        .mig
+        .iter()
+        .all(|m| m.uuid.starts_with("MIG-") && m.uuid.len() == 40));
     assert_eq!(FakeDriver::mig_minor(0, 0, None), 3);
     assert_eq!(FakeDriver::mig_minor(0, 0, Some(0)), 4);
     assert_eq!(FakeDriver::mig_minor(0, 1, None), 12);
@@ -555,7 +569,12 @@ fn fake_driver_mig() {
     minors.sort();
     minors.dedup();
     assert_eq!(minors.len(), entries.len(), "minors must be distinct");
-    for (gpu_minor, gi, ci) in [(1, 1, Some(0)), (1, 1, None), (0, 2, Some(0)), (0, 14, Some(7))] {
+    for (gpu_minor, gi, ci) in [
+        (1, 1, Some(0)),
+        (1, 1, None),
+        (0, 2, Some(0)),
+        (0, 14, Some(7)),
+    ] {
         let name = match ci {
             Some(ci) => format!("gpu{gpu_minor}/gi{gi}/ci{ci}/access"),
             None => format!("gpu{gpu_minor}/gi{gi}/access"),
@@ -572,11 +591,31 @@ fn fake_driver_mig() {
     let created = [
         ("mig/config", 1, 0o400),
         ("mig/monitor", 2, 0o444),
-        ("gpu1/mig/gi1/access", FakeDriver::mig_minor(1, 1, None), 0o444),
-        ("gpu1/mig/gi1/ci0/access", FakeDriver::mig_minor(1, 1, Some(0)), 0o444),
-        ("gpu1/mig/gi1/ci1/access", FakeDriver::mig_minor(1, 1, Some(1)), 0o444),
-        ("gpu0/mig/gi2/access", FakeDriver::mig_minor(0, 2, None), 0o444),
-        ("gpu0/mig/gi2/ci0/access", FakeDriver::mig_minor(0, 2, Some(0)), 0o444),
+        (
+            "gpu1/mig/gi1/access",
+            FakeDriver::mig_minor(1, 1, None),
+            0o444,
+        ),
+        (
+            "gpu1/mig/gi1/ci0/access",
+            FakeDriver::mig_minor(1, 1, Some(0)),
+            0o444,
+        ),
+        (
+            "gpu1/mig/gi1/ci1/access",
+            FakeDriver::mig_minor(1, 1, Some(1)),
+            0o444,
+        ),
+        (
+            "gpu0/mig/gi2/access",
+            FakeDriver::mig_minor(0, 2, None),
+            0o444,
+        ),
+        (
+            "gpu0/mig/gi2/ci0/access",
+            FakeDriver::mig_minor(0, 2, Some(0)),
+            0o444,
+        ),
     ];
     for (path, minor, mode) in created {
         let text = std::fs::read_to_string(caps.join(path)).unwrap();
@@ -592,7 +631,9 @@ fn fake_driver_mig() {
     assert!(!caps.join("gpu0/mig/gi1").exists());
     assert!(!caps.join("gpu1/mig/gi2").exists());
     assert_eq!(
-        std::fs::read_dir(driver.dev_path("nvidia-caps")).unwrap().count(),
+        std::fs::read_dir(driver.dev_path("nvidia-caps"))
+            .unwrap()
+            .count(),
         created.len()
     );
     let devices = std::fs::read_to_string(driver.proc_root.join("devices")).unwrap();
@@ -631,7 +672,11 @@ fn fake_driver_mig() {
     let run_probe = |dev_root: &Path| {
         let out = Command::new(&probe)
             .arg(driver.lib_path("libnvidia-ml"))
-            .args([&driver.mig[0].uuid, &driver.mig[2].uuid, &driver.gpus[1].uuid])
+            .args([
+                &driver.mig[0].uuid,
+                &driver.mig[2].uuid,
+                &driver.gpus[1].uuid,
+            ])
             .env("FAKE_NVML_DEV_ROOT", dev_root)
             .output()
             .unwrap();
@@ -639,7 +684,11 @@ fn fake_driver_mig() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let (g0, g1) = (&driver.gpus[0].uuid, &driver.gpus[1].uuid);
-    let (m0, m1, m2) = (&driver.mig[0].uuid, &driver.mig[1].uuid, &driver.mig[2].uuid);
+    let (m0, m1, m2) = (
+        &driver.mig[0].uuid,
+        &driver.mig[1].uuid,
+        &driver.mig[2].uuid,
+    );
     let name = format!("{GPU_MODEL} MIG 1g.10gb");
     assert_eq!(
         run_probe(&driver.dev_root),
@@ -683,14 +732,24 @@ fn fake_driver_drm_and_graphics() {
         let n = FakeDriver::drm_card(i);
         assert_eq!(n, i as u32 + 1);
         let drm = driver.drm_sys_dir(i);
-        assert_eq!(drm, driver.sys_root.join("bus/pci/devices").join(&gpu.bus_id).join("drm"));
+        assert_eq!(
+            drm,
+            driver
+                .sys_root
+                .join("bus/pci/devices")
+                .join(&gpu.bus_id)
+                .join("drm")
+        );
         let mut entries: Vec<String> = std::fs::read_dir(&drm)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         entries.sort();
         assert_eq!(entries, [format!("card{n}"), format!("renderD{}", 128 + n)]);
-        for (name, minor) in [(format!("card{n}"), n), (format!("renderD{}", 128 + n), 128 + n)] {
+        for (name, minor) in [
+            (format!("card{n}"), n),
+            (format!("renderD{}", 128 + n), 128 + n),
+        ] {
             assert!(drm.join(&name).is_dir());
             let path = driver.dev_path(&format!("dri/{name}"));
             assert_eq!(node(&path), (true, DRM_MAJOR, minor, 0o666), "{name}");
@@ -699,18 +758,30 @@ fn fake_driver_drm_and_graphics() {
         let vendor = std::fs::read_to_string(drm.parent().unwrap().join("vendor")).unwrap();
         assert_eq!(vendor, "0x10de\n");
     }
-    assert!(driver.sys_root.join("bus/pci/devices/0000:02:00.0/drm/card0").is_dir());
+    assert!(driver
+        .sys_root
+        .join("bus/pci/devices/0000:02:00.0/drm/card0")
+        .is_dir());
     assert_eq!(node(&driver.dev_path("dri/card0")).1, DRM_MAJOR);
-    assert_eq!(std::fs::read_dir(driver.dev_path("dri")).unwrap().count(), 5);
+    assert_eq!(
+        std::fs::read_dir(driver.dev_path("dri")).unwrap().count(),
+        5
+    );
 
     // Graphics files: valid JSON, pointing at the driver's libraries.
-    let icd = std::fs::read_to_string(driver.driver_root.join("usr/share/vulkan/icd.d/nvidia_icd.json")).unwrap();
+    let icd = std::fs::read_to_string(
+        driver
+            .driver_root
+            .join("usr/share/vulkan/icd.d/nvidia_icd.json"),
+    )
+    .unwrap();
     let icd: serde_json::Value = serde_json::from_str(&icd).unwrap();
     assert_eq!(icd["ICD"]["library_path"], "libGLX_nvidia.so.0");
     for (path, _) in GRAPHICS_FILES {
         let text = std::fs::read_to_string(driver.driver_root.join(path)).unwrap();
         if path.ends_with(".json") {
-            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+            serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or_else(|e| panic!("{path}: {e}"));
         }
     }
     assert_eq!(
@@ -726,11 +797,17 @@ fn fake_driver_drm_and_graphics() {
         format!("libnvidia-glcore.so.{DRIVER_VERSION}"),
     ] {
         assert!(
-            listing.contains(&format!("{soname} (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/{soname}")),
+            listing.contains(&format!(
+                "{soname} (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/{soname}"
+            )),
             "{soname}:\n{listing}"
         );
     }
-    let out = Command::new("readelf").arg("-d").arg(driver.lib_path("libGLX_nvidia")).output().unwrap();
+    let out = Command::new("readelf")
+        .arg("-d")
+        .arg(driver.lib_path("libGLX_nvidia"))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("Library soname: [libGLX_nvidia.so.0]"));
 }
 
@@ -742,27 +819,46 @@ fn fake_driver_imex_and_feature_devices() {
     let tmp = TempDir::new("fixture-features");
     let driver = FakeDriver::build(
         tmp.path(),
-        &FakeDriverOptions::two_gpus().with_imex_channels(3).with_feature_devices(),
+        &FakeDriverOptions::two_gpus()
+            .with_imex_channels(3)
+            .with_feature_devices(),
     );
     let mut expected = vec![
         ("nvidia-fs0".to_string(), NVIDIA_FS_MAJOR, 0),
         ("nvidia-fs1".to_string(), NVIDIA_FS_MAJOR, 1),
-        ("infiniband/uverbs0".to_string(), INFINIBAND_VERBS_MAJOR, INFINIBAND_UVERBS0_MINOR),
-        ("infiniband/rdma_cm".to_string(), RDMA_CM_MAJOR, RDMA_CM_MINOR),
+        (
+            "infiniband/uverbs0".to_string(),
+            INFINIBAND_VERBS_MAJOR,
+            INFINIBAND_UVERBS0_MINOR,
+        ),
+        (
+            "infiniband/rdma_cm".to_string(),
+            RDMA_CM_MAJOR,
+            RDMA_CM_MINOR,
+        ),
         ("nvidia-nvswitch0".to_string(), NVIDIA_NVSWITCH_MAJOR, 0),
         ("nvidia-nvswitch1".to_string(), NVIDIA_NVSWITCH_MAJOR, 1),
         ("nvidia-nvswitchctl".to_string(), NVIDIA_NVSWITCH_MAJOR, 255),
         ("gdrdrv".to_string(), GDRDRV_MAJOR, 0),
     ];
     for n in 0..3 {
-        expected.push((format!("nvidia-caps-imex-channels/channel{n}"), NVIDIA_CAPS_IMEX_CHANNELS_MAJOR, n));
+        expected.push((
+            format!("nvidia-caps-imex-channels/channel{n}"),
+            NVIDIA_CAPS_IMEX_CHANNELS_MAJOR,
+            n,
+        ));
     }
     for (name, major, minor) in &expected {
         let path = driver.dev_path(name);
         assert_eq!(node(&path), (true, *major, *minor, 0o666), "{name}");
         assert_enxio(&path);
     }
-    assert_eq!(std::fs::read_dir(driver.dev_path("nvidia-caps-imex-channels")).unwrap().count(), 3);
+    assert_eq!(
+        std::fs::read_dir(driver.dev_path("nvidia-caps-imex-channels"))
+            .unwrap()
+            .count(),
+        3
+    );
     let devices = std::fs::read_to_string(driver.proc_root.join("devices")).unwrap();
     let majors = char_majors(&devices);
     for (major, name) in [
@@ -773,7 +869,10 @@ fn fake_driver_imex_and_feature_devices() {
         (GDRDRV_MAJOR, "gdrdrv"),
         (NVIDIA_UVM_MAJOR, "nvidia-uvm"),
     ] {
-        assert!(majors.contains(&(major, name.to_string())), "{name}:\n{devices}");
+        assert!(
+            majors.contains(&(major, name.to_string())),
+            "{name}:\n{devices}"
+        );
     }
     let order: Vec<u32> = majors.iter().map(|m| m.0).collect();
     assert!(order.windows(2).all(|w| w[0] <= w[1]), "{devices}");
@@ -793,30 +892,50 @@ fn fake_driver_compat32() {
     for soname in ["libcuda.so.1", "libnvidia-ml.so.1"] {
         // libc6 (flags 0x0003), like real i386 driver libraries.
         assert!(
-            listing.contains(&format!("{soname} (libc6) => /usr/lib/i386-linux-gnu/{soname}")),
+            listing.contains(&format!(
+                "{soname} (libc6) => /usr/lib/i386-linux-gnu/{soname}"
+            )),
             "{soname}:\n{listing}"
         );
         assert!(
-            listing.contains(&format!("{soname} (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/{soname}")),
+            listing.contains(&format!(
+                "{soname} (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/{soname}"
+            )),
             "{soname}:\n{listing}"
         );
         assert_eq!(
-            std::fs::read_link(driver.lib32_dir().join(soname)).unwrap().to_str().unwrap(),
+            std::fs::read_link(driver.lib32_dir().join(soname))
+                .unwrap()
+                .to_str()
+                .unwrap(),
             soname.replace(".so.1", &format!(".so.{DRIVER_VERSION}"))
         );
     }
     let out = Command::new("readelf")
         .args(["-h", "-d"])
-        .arg(driver.lib32_dir().join(format!("libcuda.so.{DRIVER_VERSION}")))
+        .arg(
+            driver
+                .lib32_dir()
+                .join(format!("libcuda.so.{DRIVER_VERSION}")),
+        )
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("ELF32") && text.contains("Intel 80386"), "{text}");
-    assert!(text.contains("Library soname: [libcuda.so.1]") && text.contains("Shared library: [libc.so.6]"), "{text}");
+    assert!(
+        text.contains("ELF32") && text.contains("Intel 80386"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Library soname: [libcuda.so.1]")
+            && text.contains("Shared library: [libc.so.6]"),
+        "{text}"
+    );
 
     // Without a cache: the SONAME links of every set are still made.
     let tmp2 = TempDir::new("fixture-compat32-nocache");
-    let mut options = FakeDriverOptions::two_gpus().with_compat32().with_graphics();
+    let mut options = FakeDriverOptions::two_gpus()
+        .with_compat32()
+        .with_graphics();
     options.ld_cache = false;
     let driver = FakeDriver::build(tmp2.path(), &options);
     assert!(!driver.ld_cache_path().exists());
@@ -830,10 +949,15 @@ fn all_features_together() {
         return;
     }
     let tmp = TempDir::new("fixture-all");
-    let driver = FakeDriver::build(tmp.path(), &FakeDriverOptions::with_gpu_count(3).with_all_features());
+    let driver = FakeDriver::build(
+        tmp.path(),
+        &FakeDriverOptions::with_gpu_count(3).with_all_features(),
+    );
     assert_eq!(driver.mig.len(), 3);
     assert!(driver.dev_path("dri/renderD131").exists());
-    assert!(driver.dev_path("nvidia-caps-imex-channels/channel1").exists());
+    assert!(driver
+        .dev_path("nvidia-caps-imex-channels/channel1")
+        .exists());
     assert!(driver.dev_path("gdrdrv").exists());
     assert!(driver.lib32_dir().join("libcuda.so.1").exists());
     let out = Command::new(driver.bin_path("nvidia-smi"))
@@ -842,5 +966,8 @@ fn all_features_together() {
         .env("FAKE_NVML_DEV_ROOT", &driver.dev_root)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), driver.smi_output(&[0, 1, 2]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        driver.smi_output(&[0, 1, 2])
+    );
 }

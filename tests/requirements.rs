@@ -26,6 +26,24 @@ fn setup(name: &str, version: &str) -> Setup {
     options.version = version.to_string();
     options.kernel_version = version.to_string();
     let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
+    if version != DRIVER_VERSION {
+        // The fixture's stale libcuda.so.535.00.00 is newer than an older
+        // driver: ldconfig would point libcuda.so.1 at it and the runtime
+        // would rightly call the driver half-upgraded. A host really on
+        // that older driver has no such file.
+        fs::remove_file(
+            driver
+                .lib_dir()
+                .join(format!("libcuda.so.{STALE_DRIVER_VERSION}")),
+        )
+        .unwrap();
+        let status = std::process::Command::new("ldconfig")
+            .arg("-r")
+            .arg(&driver.driver_root)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
     let config = driver.write_config(&tmp.path().join("config.toml"), "");
     Setup {
         tmp,
@@ -38,7 +56,12 @@ impl Setup {
     /// Runs `echo ok` in a busybox container with `env`; the fake NVML sees
     /// the fake dev root's GPUs on the host through FAKE_NVML_DEV_ROOT.
     fn run(&self, name: &str, env: &[&str]) -> RunOutput {
-        let bundle = Bundle::new(&self.tmp.path().join(name), RootfsKind::Busybox, &["echo", "ok"], env);
+        let bundle = Bundle::new(
+            &self.tmp.path().join(name),
+            RootfsKind::Busybox,
+            &["echo", "ok"],
+            env,
+        );
         let state = self.tmp.path().join("state");
         fs::create_dir_all(&state).unwrap();
         let before = fs::read(bundle.config_path()).unwrap();
@@ -76,21 +99,33 @@ fn cuda_requirement_satisfied_and_not() {
     }
     let setup = setup("req-cuda", DRIVER_VERSION);
     setup
-        .run("ok", &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"])
+        .run(
+            "ok",
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"],
+        )
         .assert_success("cuda>=12.4 on CUDA 12.4");
-    let out = setup.run("too-new", &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.6"]);
+    let out = setup.run(
+        "too-new",
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.6"],
+    );
     assert_eq!(out.status, 1, "{out:?}");
     assert!(
         out.stderr.contains("the driver supports CUDA 12.4, the image needs cuda>=12.6: update the driver or use an older image, or set NVIDIA_DISABLE_REQUIRE=1"),
         "{}",
         out.stderr
     );
-    assert!(out.stderr.contains("NVIDIA_REQUIRE_CUDA=\"cuda>=12.6\""), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("NVIDIA_REQUIRE_CUDA=\"cuda>=12.6\""),
+        "{}",
+        out.stderr
+    );
     // The legacy rule: CUDA_VERSION without NVIDIA_REQUIRE_CUDA needs cuda>=major.minor.
     let out = setup.run("legacy", &["CUDA_VERSION=12.8.0"]);
     assert_eq!(out.status, 1, "{out:?}");
     assert!(out.stderr.contains("cuda>=12.8"), "{}", out.stderr);
-    setup.run("legacy-ok", &["CUDA_VERSION=11.0.3"]).assert_success("legacy cuda 11.0");
+    setup
+        .run("legacy-ok", &["CUDA_VERSION=11.0.3"])
+        .assert_success("legacy cuda 11.0");
 }
 
 #[test]
@@ -102,10 +137,17 @@ fn disable_require_skips_the_check() {
     setup
         .run(
             "disabled",
-            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=99.0", "NVIDIA_DISABLE_REQUIRE=1"],
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                "NVIDIA_REQUIRE_CUDA=cuda>=99.0",
+                "NVIDIA_DISABLE_REQUIRE=1",
+            ],
         )
         .assert_success("NVIDIA_DISABLE_REQUIRE=1");
-    assert!(!setup.debug_log().contains("cuDriverGetVersion"), "libcuda was loaded");
+    assert!(
+        !setup.debug_log().contains("cuDriverGetVersion"),
+        "libcuda was loaded"
+    );
 }
 
 #[test]
@@ -120,15 +162,27 @@ fn cuda_12_image_on_a_470_tesla_through_nvml() {
     setup
         .run("tesla", &["NVIDIA_VISIBLE_DEVICES=1", &env_value])
         .assert_success("the brand=tesla alternative");
-    assert!(setup.debug_log().contains("loading NVML"), "NVML was not asked");
+    assert!(
+        setup.debug_log().contains("loading NVML"),
+        "NVML was not asked"
+    );
     // The same image needing a compute capability the GPU lacks fails,
     // naming the term and the GPU's value.
     let out = setup.run(
         "arch",
-        &["NVIDIA_VISIBLE_DEVICES=1", &env_value, "NVIDIA_REQUIRE_ARCH=arch>=10.0"],
+        &[
+            "NVIDIA_VISIBLE_DEVICES=1",
+            &env_value,
+            "NVIDIA_REQUIRE_ARCH=arch>=10.0",
+        ],
     );
     assert_eq!(out.status, 1);
-    assert!(out.stderr.contains("compute capability 9.0, the image needs arch>=10.0"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("compute capability 9.0, the image needs arch>=10.0"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -137,12 +191,22 @@ fn first_alternative_holding_never_loads_nvml() {
         return;
     }
     let setup = setup("req-lazy", DRIVER_VERSION);
-    let image = "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471";
+    let image =
+        "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471";
     setup
-        .run("lazy", &["NVIDIA_VISIBLE_DEVICES=all", &format!("NVIDIA_REQUIRE_CUDA={image}")])
+        .run(
+            "lazy",
+            &[
+                "NVIDIA_VISIBLE_DEVICES=all",
+                &format!("NVIDIA_REQUIRE_CUDA={image}"),
+            ],
+        )
         .assert_success("cuda>=12.4 first");
     let log = setup.debug_log();
-    assert!(log.contains("cuDriverGetVersion"), "libcuda was not asked: {log}");
+    assert!(
+        log.contains("cuDriverGetVersion"),
+        "libcuda was not asked: {log}"
+    );
     assert!(!log.contains("loading NVML"), "NVML was loaded: {log}");
 }
 
@@ -152,7 +216,15 @@ fn malformed_expression_is_named() {
         return;
     }
     let setup = setup("req-bad", DRIVER_VERSION);
-    let out = setup.run("bad", &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda=>12"]);
+    let out = setup.run(
+        "bad",
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda=>12"],
+    );
     assert_eq!(out.status, 1);
-    assert!(out.stderr.contains("NVIDIA_REQUIRE_CUDA=\"cuda=>12\" is malformed"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("NVIDIA_REQUIRE_CUDA=\"cuda=>12\" is malformed"),
+        "{}",
+        out.stderr
+    );
 }

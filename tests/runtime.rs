@@ -486,6 +486,44 @@ fn bad_requests_are_refused_with_a_clear_message() {
 }
 
 #[test]
+fn half_upgraded_driver_is_refused() {
+    if !require_root() {
+        return;
+    }
+    // Kernel module 470 while libcuda.so.1 points at a newer (535) file.
+    let tmp = TempDir::new("rt-upgrade");
+    let mut options = FakeDriverOptions::two_gpus();
+    options.version = "470.223.02".into();
+    options.kernel_version = "470.223.02".into();
+    let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
+    let config = driver.write_config(&tmp.path().join("config.toml"), "");
+    let state_root = tmp.path().join("state");
+    fs::create_dir_all(&state_root).unwrap();
+    let world = World {
+        tmp,
+        driver,
+        config,
+        state_root,
+    };
+    let bundle = world.bundle(
+        "b",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    assert_refused(
+        &world,
+        &bundle,
+        &[],
+        &[
+            "are version 535.00.00",
+            "the loaded kernel module is 470.223.02",
+            "half-upgraded",
+        ],
+    );
+}
+
+#[test]
 fn missing_or_self_runtime_is_refused() {
     if !require_root() {
         return;

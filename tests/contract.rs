@@ -1,0 +1,395 @@
+//! The full request contract end to end (contract.md §2, §3): MIG devices
+//! and capabilities, DRM nodes of the selected GPUs, graphics vendor files,
+//! IMEX channels, feature devices, compat32, privileged containers and the
+//! unprivileged trust setting. Real runc, the fake driver with every optional
+//! feature on, NVML (for MIG) loaded from the fake driver root.
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::{json, Value};
+
+const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
+
+struct World {
+    tmp: TempDir,
+    driver: FakeDriver,
+    config: PathBuf,
+}
+
+impl World {
+    fn new(name: &str, extra_config: &str) -> World {
+        let tmp = TempDir::new(name);
+        let options = FakeDriverOptions::two_gpus().with_all_features();
+        let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
+        let config = tmp.path().join("config.toml");
+        driver.write_config(&config, "");
+        if !extra_config.is_empty() {
+            // Top-level keys must come before the first table.
+            let text = fs::read_to_string(&config).unwrap();
+            fs::write(&config, format!("{extra_config}\n{text}")).unwrap();
+        }
+        World {
+            tmp,
+            driver,
+            config,
+        }
+    }
+
+    fn bundle(&self, name: &str, kind: RootfsKind, script: &str, env: &[&str]) -> Bundle {
+        Bundle::new(
+            &self.tmp.path().join(name),
+            kind,
+            &["sh", "-c", script],
+            env,
+        )
+    }
+
+    fn run(&self, bundle: &Bundle) -> RunOutput {
+        let state = self.tmp.path().join("state");
+        fs::create_dir_all(&state).unwrap();
+        run_container(
+            Path::new(RUNTIME),
+            &state,
+            bundle,
+            &unique_id("contract"),
+            &[
+                ("NVIDIA_CTK_CONFIG_FILE_PATH", self.config.to_str().unwrap()),
+                // The fake NVML looks for GPU nodes here when the runtime
+                // loads it on the host (MIG lookups).
+                ("FAKE_NVML_DEV_ROOT", self.driver.dev_root.to_str().unwrap()),
+            ],
+        )
+    }
+}
+
+fn privileged(bundle: &Bundle) {
+    bundle.edit_config(|config| {
+        for set in ["bounding", "effective", "permitted"] {
+            let caps = config["process"]["capabilities"][set]
+                .as_array_mut()
+                .unwrap();
+            caps.push(json!("CAP_SYS_ADMIN"));
+        }
+    });
+}
+
+fn words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
+fn hook_args(config: &Value) -> Vec<String> {
+    config["hooks"]["prestart"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn mig_devices_by_index_and_uuid_get_parent_and_capability_nodes() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-mig", "");
+    let gpu0 = world.driver.gpus[0].clone();
+    let gpu1 = world.driver.gpus[1].clone();
+    // `0:1` is GPU 0's second MIG device in NVML order: gi2/ci0.
+    let by_index = world.driver.mig_devices(0)[1].clone();
+    assert_eq!((by_index.gi, by_index.ci), (2, 0));
+    let by_uuid = world.driver.mig_devices(1)[0].clone();
+    let cases = [
+        ("index", "0:1".to_string(), &gpu0, &by_index),
+        ("uuid", by_uuid.uuid.clone(), &gpu1, &by_uuid),
+    ];
+    for (name, value, parent, mig) in cases {
+        let env = format!("NVIDIA_VISIBLE_DEVICES={value}");
+        let bundle = world.bundle(
+            name,
+            RootfsKind::Glibc { ldconfig: false },
+            "ls /dev; echo ---; ls /dev/nvidia-caps; echo ---; cat /dev/nvidia-caps/* 2>&1; echo ---; nvidia-smi -L",
+            &[&env],
+        );
+        let out = world.run(&bundle);
+        out.assert_success(name);
+        let parts: Vec<&str> = out.stdout.split("---\n").collect();
+        let gpu_nodes: Vec<String> = words(parts[0])
+            .into_iter()
+            .filter(|n| n.starts_with("nvidia") && n[6..].bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        assert_eq!(gpu_nodes, [format!("nvidia{}", parent.minor)], "{name}");
+        let gi_minor = FakeDriver::mig_minor(parent.minor, mig.gi, None);
+        let ci_minor = FakeDriver::mig_minor(parent.minor, mig.gi, Some(mig.ci));
+        assert_eq!(
+            words(parts[1]),
+            words(&format!("nvidia-cap{gi_minor} nvidia-cap{ci_minor}")),
+            "{name}"
+        );
+        // Both capability nodes are allowed by the device cgroup.
+        assert_eq!(
+            parts[2].matches("No such device or address").count(),
+            2,
+            "{name}: {}",
+            parts[2]
+        );
+        assert!(parts[3].contains(&parent.uuid), "{name}: {}", parts[3]);
+        // The hook is told to keep the MIG capability files visible.
+        let args = hook_args(&bundle.read_config());
+        let access = format!(
+            "capabilities/gpu{}/mig/gi{}/ci{}/access",
+            parent.minor, mig.gi, mig.ci
+        );
+        assert!(args.contains(&access), "{name}: {args:?}");
+    }
+}
+
+#[test]
+fn unknown_mig_device_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-mig-bad", "");
+    for (value, needle) in [
+        ("0:5", "GPU 0 has no MIG device 5"),
+        ("MIG-0000", "MIG-0000"),
+    ] {
+        let env = format!("NVIDIA_VISIBLE_DEVICES={value}");
+        let bundle = world.bundle(value, RootfsKind::Busybox, "true", &[&env]);
+        let before = fs::read(bundle.config_path()).unwrap();
+        let out = world.run(&bundle);
+        assert_eq!(out.status, 1, "{value}: {out:?}");
+        assert!(out.stderr.contains(needle), "{value}: {}", out.stderr);
+        assert!(out.stderr.contains("nvidia-smi -L"), "{}", out.stderr);
+        assert!(fs::read(bundle.config_path()).unwrap() == before);
+    }
+}
+
+#[test]
+fn mig_config_and_monitor_only_for_privileged_containers() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-mig-caps", "");
+    let env = [
+        "NVIDIA_VISIBLE_DEVICES=0",
+        "NVIDIA_MIG_CONFIG_DEVICES=all",
+        "NVIDIA_MIG_MONITOR_DEVICES=all",
+    ];
+    let unprivileged = world.bundle(
+        "unprivileged",
+        RootfsKind::Busybox,
+        "ls /dev/nvidia-caps",
+        &env,
+    );
+    let out = world.run(&unprivileged);
+    assert_eq!(out.status, 1);
+    assert!(
+        out.stderr.contains("only a privileged container"),
+        "{}",
+        out.stderr
+    );
+
+    let privileged_bundle = world.bundle(
+        "privileged",
+        RootfsKind::Busybox,
+        "ls /dev/nvidia-caps",
+        &env,
+    );
+    privileged(&privileged_bundle);
+    let out = world.run(&privileged_bundle);
+    out.assert_success("privileged");
+    // mig-minors: config 1, monitor 2.
+    assert_eq!(words(&out.stdout), ["nvidia-cap1", "nvidia-cap2"]);
+}
+
+#[test]
+fn drm_nodes_only_of_the_selected_gpu_and_graphics_files() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-drm", "");
+    let bundle = world.bundle(
+        "drm",
+        RootfsKind::Busybox,
+        "ls /dev/dri; echo ---; ls /dev; echo ---; cat /usr/share/glvnd/egl_vendor.d/10_nvidia.json; ls /usr/lib64",
+        &["NVIDIA_VISIBLE_DEVICES=1", "NVIDIA_DRIVER_CAPABILITIES=graphics,display"],
+    );
+    let out = world.run(&bundle);
+    out.assert_success("drm");
+    let parts: Vec<&str> = out.stdout.split("---\n").collect();
+    let card = FakeDriver::drm_card(1);
+    assert_eq!(
+        words(parts[0]),
+        words(&format!("card{card} renderD{}", 128 + card)),
+        "only GPU 1's DRM nodes, not GPU 0's nor the BMC's card0"
+    );
+    assert!(
+        words(parts[1]).contains(&"nvidia-modeset".to_string()),
+        "display: {}",
+        parts[1]
+    );
+    assert!(parts[2].contains("libEGL_nvidia.so.0"), "{}", parts[2]);
+    assert!(
+        parts[2].contains("libGLX_nvidia.so.0"),
+        "graphics libraries: {}",
+        parts[2]
+    );
+    // Compute was not asked for.
+    assert!(!parts[2].contains("libcuda"), "{}", parts[2]);
+}
+
+#[test]
+fn imex_channels_and_feature_devices() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-imex", "");
+    let bundle = world.bundle(
+        "imex",
+        RootfsKind::Busybox,
+        "ls /dev/nvidia-caps-imex-channels; echo ---; ls /dev /dev/infiniband 2>/dev/null; echo ---; cat /dev/nvidia-caps-imex-channels/channel1 /dev/nvidia-fs0 /dev/gdrdrv 2>&1; true",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_IMEX_CHANNELS=1",
+            "NVIDIA_GDS=enabled",
+            "NVIDIA_GDRCOPY=enabled",
+            "NVIDIA_MOFED=disabled",
+        ],
+    );
+    let out = world.run(&bundle);
+    out.assert_success("imex");
+    let parts: Vec<&str> = out.stdout.split("---\n").collect();
+    assert_eq!(words(parts[0]), ["channel1"]);
+    let dev = words(parts[1]);
+    for node in ["nvidia-fs0", "nvidia-fs1", "gdrdrv"] {
+        assert!(dev.contains(&node.to_string()), "{node}: {dev:?}");
+    }
+    assert!(
+        !dev.contains(&"uverbs0".to_string()),
+        "MOFED was not enabled: {dev:?}"
+    );
+    assert!(
+        !dev.iter().any(|n| n.starts_with("nvidia-nvswitch")),
+        "{dev:?}"
+    );
+    assert_eq!(
+        parts[2].matches("No such device or address").count(),
+        3,
+        "{}",
+        parts[2]
+    );
+
+    let all = world.bundle(
+        "imex-all",
+        RootfsKind::Busybox,
+        "ls /dev/nvidia-caps-imex-channels /dev/infiniband",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_IMEX_CHANNELS=all",
+            "NVIDIA_MOFED=enabled",
+        ],
+    );
+    let out = world.run(&all);
+    out.assert_success("imex all");
+    let listed = words(&out.stdout);
+    for node in ["channel0", "channel1", "uverbs0", "rdma_cm"] {
+        assert!(listed.contains(&node.to_string()), "{node}: {listed:?}");
+    }
+
+    let missing = world.bundle(
+        "imex-missing",
+        RootfsKind::Busybox,
+        "true",
+        &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=7"],
+    );
+    let out = world.run(&missing);
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("channel 7"), "{}", out.stderr);
+}
+
+#[test]
+fn compat32_mounts_the_i386_libraries() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-compat32", "");
+    let bundle = world.bundle(
+        "compat32",
+        RootfsKind::Glibc { ldconfig: false },
+        "ls /usr/lib/i386-linux-gnu; echo ---; ls /usr/lib/x86_64-linux-gnu",
+        &[
+            "NVIDIA_VISIBLE_DEVICES=0",
+            "NVIDIA_DRIVER_CAPABILITIES=compute,utility,compat32",
+        ],
+    );
+    let out = world.run(&bundle);
+    out.assert_success("compat32");
+    let (lib32, lib64) = out.stdout.split_once("---\n").unwrap();
+    let lib32 = words(lib32);
+    for name in ["libcuda.so.1", "libcuda.so.550.54.15", "libnvidia-ml.so.1"] {
+        assert!(lib32.contains(&name.to_string()), "{name}: {lib32:?}");
+    }
+    assert!(lib64.contains("libcuda.so.1"), "{lib64}");
+
+    let without = world.bundle(
+        "no-compat32",
+        RootfsKind::Glibc { ldconfig: false },
+        "ls /usr/lib/i386-linux-gnu 2>&1; true",
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    let out = world.run(&without);
+    out.assert_success("no compat32");
+    assert!(!out.stdout.contains("libcuda"), "{}", out.stdout);
+}
+
+#[test]
+fn trust_setting_both_ways() {
+    if !require_root() {
+        return;
+    }
+    let strict = World::new(
+        "contract-trust",
+        "accept-nvidia-visible-devices-envvar-when-unprivileged = false",
+    );
+    // Unprivileged: the env request is ignored, the spec untouched.
+    let bundle = strict.bundle(
+        "unprivileged",
+        RootfsKind::Busybox,
+        "ls /dev",
+        &["NVIDIA_VISIBLE_DEVICES=all"],
+    );
+    let before = fs::read(bundle.config_path()).unwrap();
+    let out = strict.run(&bundle);
+    out.assert_success("unprivileged");
+    assert!(!out.stdout.contains("nvidia"), "{}", out.stdout);
+    assert!(fs::read(bundle.config_path()).unwrap() == before);
+    // Privileged: honoured.
+    let bundle = strict.bundle(
+        "privileged",
+        RootfsKind::Busybox,
+        "ls /dev",
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    privileged(&bundle);
+    let out = strict.run(&bundle);
+    out.assert_success("privileged");
+    assert!(words(&out.stdout).contains(&format!("nvidia{}", strict.driver.gpus[0].minor)));
+
+    // The default (true): an unprivileged env request is honoured.
+    let lenient = World::new("contract-trust-default", "");
+    let bundle = lenient.bundle(
+        "default",
+        RootfsKind::Busybox,
+        "ls /dev",
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    let out = lenient.run(&bundle);
+    out.assert_success("default");
+    assert!(words(&out.stdout).contains(&format!("nvidia{}", lenient.driver.gpus[0].minor)));
+}
