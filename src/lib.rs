@@ -8,6 +8,7 @@
 //! they share; [`logging`] reports errors the way engines read them.
 
 pub mod argv;
+pub mod cdi;
 pub mod config;
 pub mod configure;
 pub mod confined;

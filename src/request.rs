@@ -46,8 +46,11 @@ pub enum RequestError {
     },
     #[error("NVIDIA_IMEX_CHANNELS names channel \"{channel}\", which is not a channel number: use a comma list of numbers, or all")]
     BadImexChannel { channel: String },
-    #[error("{source_name} names CDI device \"{device}\": CDI device requests are not supported by this runtime yet; request the GPU by index or UUID instead")]
-    CdiUnsupported { source_name: String, device: String },
+    #[error("{source_name}: {problem}")]
+    BadCdiName {
+        source_name: String,
+        problem: String,
+    },
     #[error("config.json is not an OCI runtime spec: {field} must be {expected}")]
     BadSpecField {
         field: &'static str,
@@ -272,6 +275,13 @@ pub struct Request {
     pub mig_monitor: bool,
     pub imex_channels: Option<ImexChannels>,
     pub features: FeatureDevices,
+    /// Fully qualified CDI device names (`vendor/class=name`), each once:
+    /// those of the CDI annotations if any, else those of the channel
+    /// `devices` came from (mount requests or NVIDIA_VISIBLE_DEVICES).
+    /// Which of them are used depends on the mode ([`crate::cdi::plan`]).
+    pub cdi_devices: Vec<String>,
+    /// `cdi_devices` came from the annotations (`cdi.k8s.io/*`).
+    pub cdi_from_annotations: bool,
 }
 
 /// The container's environment as the container will see it: the last entry
@@ -307,7 +317,9 @@ pub fn is_privileged(spec: &Value) -> bool {
         .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some("CAP_SYS_ADMIN")))
 }
 
-/// Device ids asked for by `/var/run/nvidia-container-devices/<id>` mounts.
+/// Device ids asked for by `/var/run/nvidia-container-devices/<id>` mounts;
+/// `cdi/<vendor>/<class>/<name>` asks for the CDI device
+/// `<vendor>/<class>=<name>`.
 fn devices_from_mounts(spec: &Value) -> Vec<String> {
     let Some(mounts) = spec.get("mounts").and_then(Value::as_array) else {
         return Vec::new();
@@ -323,7 +335,72 @@ fn devices_from_mounts(spec: &Value) -> Vec<String> {
             })
         })
         .filter(|id| !id.is_empty())
+        .map(|id| {
+            match id
+                .strip_prefix("cdi/")
+                .and_then(|kind_name| kind_name.rsplit_once('/'))
+            {
+                Some((kind, name)) => format!("{kind}={name}"),
+                None => id,
+            }
+        })
         .collect()
+}
+
+/// The fully qualified CDI names (`vendor/class=name`) of a device list,
+/// validated, each once. [`parse_devices`] leaves them out of its list.
+pub fn cdi_names(value: &str, source_name: &str) -> Result<Vec<String>, RequestError> {
+    let mut names: Vec<String> = Vec::new();
+    // A set, not a scan of `names`: a list may have 100,000 entries.
+    let mut seen = std::collections::HashSet::new();
+    for item in value
+        .split(',')
+        .map(str::trim)
+        .filter(|i| crate::cdi::looks_qualified(i))
+    {
+        crate::cdi::parse_qualified_name(item).map_err(|error| RequestError::BadCdiName {
+            source_name: source_name.to_string(),
+            problem: error.to_string(),
+        })?;
+        if seen.insert(item) {
+            names.push(item.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// CDI names in the annotations whose key starts with one of `prefixes`
+/// (`cdi.k8s.io/<any>: nvidia.com/gpu=0,nvidia.com/gpu=1`), each once, in
+/// the document's order.
+fn cdi_annotation_devices(spec: &Value, prefixes: &[String]) -> Result<Vec<String>, RequestError> {
+    let Some(annotations) = spec.get("annotations").and_then(Value::as_object) else {
+        return Ok(Vec::new());
+    };
+    let mut names: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (key, value) in annotations {
+        if !prefixes
+            .iter()
+            .any(|p| !p.is_empty() && key.starts_with(p.as_str()))
+        {
+            continue;
+        }
+        let source_name = format!("annotation {key}");
+        let value = value.as_str().ok_or_else(|| RequestError::BadCdiName {
+            source_name: source_name.clone(),
+            problem: "the value is not a string".to_string(),
+        })?;
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            crate::cdi::parse_qualified_name(item).map_err(|error| RequestError::BadCdiName {
+                source_name: source_name.clone(),
+                problem: error.to_string(),
+            })?;
+            if seen.insert(item) {
+                names.push(item.to_string());
+            }
+        }
+    }
+    Ok(names)
 }
 
 fn is_truthy(value: &str) -> bool {
@@ -349,7 +426,8 @@ pub fn parse_devices(value: &str, source_name: &str) -> Result<Option<Devices>, 
     }
     let mut ids = Vec::with_capacity(items.len());
     for item in items {
-        if item == "none" {
+        // CDI names are read by `cdi_names`; what they mean depends on the mode.
+        if item == "none" || crate::cdi::looks_qualified(item) {
             continue;
         }
         ids.push(parse_device_id(item, source_name, trimmed)?);
@@ -357,11 +435,21 @@ pub fn parse_devices(value: &str, source_name: &str) -> Result<Option<Devices>, 
     Ok(Some(Devices::List(ids)))
 }
 
+/// The start of a long value, for an error message: the engine shows our
+/// error as one line, and a 100,000-entry list would bury what went wrong.
+fn abbreviate(value: &str) -> String {
+    const SHOWN: usize = 100;
+    match value.char_indices().nth(SHOWN) {
+        None => value.to_string(),
+        Some((end, _)) => format!("{}... ({} bytes)", &value[..end], value.len()),
+    }
+}
+
 fn parse_device_id(item: &str, source_name: &str, whole: &str) -> Result<DeviceId, RequestError> {
     if item.is_empty() {
         return Err(RequestError::EmptyDevice {
             source_name: source_name.to_string(),
-            value: whole.to_string(),
+            value: abbreviate(whole),
         });
     }
     if item.bytes().all(|b| b.is_ascii_digit()) {
@@ -373,20 +461,14 @@ fn parse_device_id(item: &str, source_name: &str, whole: &str) -> Result<DeviceI
                 device: item.to_string(),
             });
     }
-    if item.len() > 4 && item[..4].eq_ignore_ascii_case("GPU-") {
+    if item.len() > 4 && item.as_bytes()[..4].eq_ignore_ascii_case(b"GPU-") {
         return Ok(DeviceId::Uuid(item.to_string()));
     }
-    if item.len() > 4 && item[..4].eq_ignore_ascii_case("MIG-") {
+    if item.len() > 4 && item.as_bytes()[..4].eq_ignore_ascii_case(b"MIG-") {
         return Ok(DeviceId::MigUuid(item.to_string()));
     }
     if let Some((gpu, mig)) = mig_pair(item) {
         return Ok(DeviceId::MigIndex { gpu, mig });
-    }
-    if item.contains('/') && item.contains('=') {
-        return Err(RequestError::CdiUnsupported {
-            source_name: source_name.to_string(),
-            device: item.to_string(),
-        });
     }
     BusId::parse(item)
         .map(DeviceId::BusId)
@@ -510,10 +592,29 @@ impl Request {
             .filter(|_| !env.contains_key(REQUIRE_CUDA))
             .copied();
 
-        let Some((devices, devices_source)) =
-            Self::devices(spec, config, &env, privileged, legacy_cuda_version)?
-        else {
-            return Ok(None);
+        // The CDI annotations win over the other channels (the anchor's
+        // order); a container that has only them is a CDI request.
+        let annotation_devices = cdi_annotation_devices(
+            spec,
+            &config
+                .nvidia_container_runtime
+                .modes
+                .cdi
+                .annotation_prefixes,
+        )?;
+        let channel = Self::devices(spec, config, &env, privileged, legacy_cuda_version)?;
+        let (devices, devices_source, cdi_devices, cdi_from_annotations) = match channel {
+            Some((devices, source, names)) if annotation_devices.is_empty() => {
+                (devices, source, names, false)
+            }
+            Some((devices, source, _)) => (devices, source, annotation_devices, true),
+            None if !annotation_devices.is_empty() => (
+                Devices::List(Vec::new()),
+                "the CDI annotations".to_string(),
+                annotation_devices,
+                true,
+            ),
+            None => return Ok(None),
         };
 
         let capabilities = match env.get(DRIVER_CAPABILITIES).map(|v| v.trim()) {
@@ -556,7 +657,29 @@ impl Request {
             mig_monitor: mig_capability(&env, MIG_MONITOR_DEVICES, "monitoring", privileged)?,
             imex_channels: imex_channels(&env)?,
             features: feature_devices(&env),
+            cdi_devices,
+            cdi_from_annotations,
         }))
+    }
+
+    /// A request for `devices` with `capabilities` and nothing else (no
+    /// requirements, no MIG, IMEX or feature devices): what `nvidia-ctk cdi
+    /// generate` asks [`crate::edits::ContainerEdits::for_request`] for.
+    pub fn for_devices(devices: Devices, capabilities: Capabilities, source: &str) -> Request {
+        Request {
+            devices,
+            devices_source: source.to_string(),
+            capabilities,
+            requirements: Vec::new(),
+            disable_require: true,
+            privileged: false,
+            mig_config: false,
+            mig_monitor: false,
+            imex_channels: None,
+            features: FeatureDevices::default(),
+            cdi_devices: Vec::new(),
+            cdi_from_annotations: false,
+        }
     }
 
     fn devices(
@@ -565,9 +688,17 @@ impl Request {
         env: &HashMap<&str, &str>,
         privileged: bool,
         legacy_cuda_version: Option<&str>,
-    ) -> Result<Option<(Devices, String)>, RequestError> {
-        let with_source = |devices: Option<Devices>, source: &str| {
-            devices.map(|devices| (devices, source.to_string()))
+    ) -> Result<Option<(Devices, String, Vec<String>)>, RequestError> {
+        // The GPU ids and the CDI names of one list, and where it came from.
+        let with_source = |value: &str, source: &str| {
+            let Some(devices) = parse_devices(value, source)? else {
+                return Ok(None);
+            };
+            Ok(Some((
+                devices,
+                source.to_string(),
+                cdi_names(value, source)?,
+            )))
         };
         // Mount requests come first: Kubernetes device plugins use them so
         // that a pod's env cannot pick GPUs.
@@ -575,7 +706,7 @@ impl Request {
             let ids = devices_from_mounts(spec);
             if !ids.is_empty() {
                 let source = "a /var/run/nvidia-container-devices mount";
-                return Ok(with_source(parse_devices(&ids.join(","), source)?, source));
+                return with_source(&ids.join(","), source);
             }
         }
         if !privileged && !config.accept_nvidia_visible_devices_envvar_when_unprivileged {
@@ -594,11 +725,14 @@ impl Request {
             .filter(|name| !name.is_empty());
         for name in swarm_variables.chain(std::iter::once(VISIBLE_DEVICES)) {
             if let Some(value) = env.get(name) {
-                return Ok(with_source(parse_devices(value, name)?, name));
+                return with_source(value, name);
             }
         }
         // A legacy CUDA image that does not say which GPUs gets all of them.
-        Ok(legacy_cuda_version.map(|_| (Devices::All, LEGACY_CUDA_VERSION.to_string())))
+        Ok(
+            legacy_cuda_version
+                .map(|_| (Devices::All, LEGACY_CUDA_VERSION.to_string(), Vec::new())),
+        )
     }
 }
 
@@ -658,10 +792,21 @@ mod tests {
                 DeviceId::MigIndex { gpu: 1, mig: 2 },
             ])
         );
-        assert!(matches!(
-            parse_devices("nvidia.com/gpu=0", "X"),
-            Err(RequestError::CdiUnsupported { .. })
-        ));
+        // CDI names are not GPU ids: `cdi_names` reads them.
+        assert_eq!(devices("nvidia.com/gpu=0"), Devices::List(vec![]));
+        assert_eq!(
+            devices("1,nvidia.com/gpu=0"),
+            Devices::List(vec![DeviceId::Index(1)])
+        );
+        assert_eq!(
+            cdi_names("1, nvidia.com/gpu=0,example.com/x=a,nvidia.com/gpu=0", "X").unwrap(),
+            ["nvidia.com/gpu=0", "example.com/x=a"]
+        );
+        let error = cdi_names("nvidia.com/gpu=", "X").unwrap_err().to_string();
+        assert!(
+            error.starts_with("X: ") && error.contains("nvidia.com/gpu="),
+            "{error}"
+        );
         assert!(matches!(
             parse_devices("99999999999", "X"),
             Err(RequestError::MalformedDevice { .. })
@@ -806,6 +951,62 @@ mod tests {
         // Disabled: the mounts mean nothing.
         config.accept_nvidia_visible_devices_as_volume_mounts = false;
         assert_eq!(Request::from_spec(&spec, &config).unwrap(), None);
+    }
+
+    #[test]
+    fn cdi_channels() {
+        // NVIDIA_VISIBLE_DEVICES with qualified names.
+        let request = request(&["NVIDIA_VISIBLE_DEVICES=nvidia.com/gpu=1"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.devices, Devices::List(vec![]));
+        assert_eq!(request.cdi_devices, ["nvidia.com/gpu=1"]);
+        assert!(!request.cdi_from_annotations);
+        // Annotations alone make a request, and win over the env.
+        let mut spec = spec_with_env(&["NVIDIA_VISIBLE_DEVICES=all"]);
+        spec["annotations"] = json!({
+            "other": "x",
+            "cdi.k8s.io/a": "example.com/device=foo, nvidia.com/gpu=0",
+            "cdi.k8s.io/b": "nvidia.com/gpu=0"
+        });
+        let request = Request::from_spec(&spec, &Config::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.devices, Devices::All);
+        assert_eq!(
+            request.cdi_devices,
+            ["example.com/device=foo", "nvidia.com/gpu=0"]
+        );
+        assert!(request.cdi_from_annotations);
+        spec["process"]["env"] = json!([]);
+        let request = Request::from_spec(&spec, &Config::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.devices, Devices::List(vec![]));
+        spec["annotations"]["cdi.k8s.io/c"] = json!("gpu0");
+        let error = Request::from_spec(&spec, &Config::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("annotation cdi.k8s.io/c") && error.contains("gpu0"),
+            "{error}"
+        );
+        // Mount requests for CDI devices.
+        let config = Config {
+            accept_nvidia_visible_devices_as_volume_mounts: true,
+            ..Default::default()
+        };
+        let mut spec = spec_with_env(&[]);
+        spec["mounts"] = json!([
+            {"destination": "/var/run/nvidia-container-devices/cdi/nvidia.com/gpu/0", "source": "/dev/null"},
+            {"destination": "/var/run/nvidia-container-devices/cdi/example.com/device/foo", "source": "/dev/null"}
+        ]);
+        let request = Request::from_spec(&spec, &config).unwrap().unwrap();
+        assert_eq!(request.devices, Devices::List(vec![]));
+        assert_eq!(
+            request.cdi_devices,
+            ["nvidia.com/gpu=0", "example.com/device=foo"]
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub enum RuntimeError {
     Edits(#[from] EditsError),
     #[error(transparent)]
     Requirement(#[from] RequirementError),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::CdiError),
     #[error("the GPU prestart hook \"{name}\" was not found next to {self_dir} or on PATH: install nvidia-container-runtime-hook, or set path in [nvidia-container-runtime-hook] of config.toml")]
     NoHook { name: String, self_dir: PathBuf },
     #[error("cannot determine the working directory (the default bundle): {0}")]
@@ -185,6 +187,20 @@ pub fn modify_bundle(
         request.devices,
         request.capabilities
     );
+    // CDI mode (or auto with CDI names): the edits come from the spec dirs,
+    // not from driver discovery.
+    match crate::cdi::plan(config, &request)? {
+        crate::cdi::Plan::Legacy => {}
+        crate::cdi::Plan::Untouched => return Ok(None),
+        crate::cdi::Plan::Inject(names) => {
+            let patched = crate::cdi::inject(config, &names, &spec.value, &spec.path)?;
+            if patched == spec.value {
+                return Ok(None);
+            }
+            spec.write(&patched)?;
+            return Ok(Some(spec.path));
+        }
+    }
     let driver = Driver::discover(roots(config)).map_err(EditsError::from)?;
     // NVML and libcuda are loaded only if a MIG device or a requirement
     // term asks for them.

@@ -10,7 +10,7 @@
 //! same edits twice gives the same document as applying them once.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType};
@@ -76,15 +76,30 @@ impl BundleSpec {
             path: path.clone(),
             source,
         };
-        let file = std::fs::File::open(&path).map_err(read_error)?;
-        let mode = file.metadata().map_err(read_error)?.permissions().mode() & 0o7777;
-        let value: Value =
-            serde_json::from_reader(std::io::BufReader::new(file)).map_err(|error| {
-                SpecError::Parse {
-                    path: path.clone(),
-                    message: error.to_string(),
-                }
-            })?;
+        // O_NONBLOCK: a FIFO put where config.json should be would block a
+        // plain open(2) forever, and the engine waiting on us with it. Only
+        // a regular file is read (a device or FIFO is never a spec).
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(read_error)?;
+        let metadata = file.metadata().map_err(read_error)?;
+        if !metadata.is_file() {
+            return Err(read_error(std::io::Error::other(
+                "it is not a regular file (a FIFO, device or socket)",
+            )));
+        }
+        let mode = metadata.permissions().mode() & 0o7777;
+        // Read whole, then parse the slice: serde_json's reader path goes
+        // byte by byte through `io::Read`; the parse of a one-GPU create fell
+        // from 538k to 356k instructions (issue 8, BENCHMARKS.md).
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(read_error)?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|error| SpecError::Parse {
+            path: path.clone(),
+            message: error.to_string(),
+        })?;
         if !value.is_object() {
             return Err(SpecError::Shape {
                 path,
@@ -108,11 +123,24 @@ impl BundleSpec {
     }
 
     /// Writes `value` atomically: a temp file in the bundle dir, fsync,
-    /// rename over `config.json`, fsync the dir; same mode as before. On any
-    /// failure the temp file is removed and the original is untouched.
+    /// rename over `config.json`; same mode as before. On any failure the
+    /// temp file is removed and the original is untouched.
+    ///
+    /// The file is fsynced before the rename so that even a power loss never
+    /// leaves a `config.json` that names a complete file with incomplete
+    /// data (ext4 and xfs may otherwise persist the rename first). The
+    /// directory is not fsynced: losing the rename itself leaves the old,
+    /// complete document, which is what a crash before the rename does too.
+    /// Engines keep bundles on tmpfs (`/run/...`), where fsync costs nothing;
+    /// on a disk-backed bundle it is the biggest single cost of a `create`
+    /// (BENCHMARKS.md).
     pub fn write(&self, value: &Value) -> Result<(), SpecError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let temp = dir.join(format!(".config.json.nvidia-{}.tmp", std::process::id()));
+        // A temp file of this name can only be left by a runtime that was
+        // killed mid-write and had our pid: stale, and in the way of
+        // create_new below.
+        let _ = std::fs::remove_file(&temp);
         let result = write_then_rename(&temp, &self.path, value, self.mode);
         if result.is_err() {
             let _ = std::fs::remove_file(&temp);
@@ -134,12 +162,7 @@ fn write_then_rename(temp: &Path, target: &Path, value: &Value, mode: u32) -> st
     file.write_all(&bytes)?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(temp, target)?;
-    if let Some(dir) = target.parent() {
-        // The rename is durable only once the directory is synced.
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    std::fs::rename(temp, target)
 }
 
 /// Applies edits to a spec. Shape errors name the field; the document is

@@ -1,14 +1,18 @@
 //! `nvidia-ctk`: the admin's tool. One enum of subcommands, each delegating
-//! to a library function; add a subcommand (`cdi generate`, `cdi list`) as a
-//! variant of [`Command`] and a function below, nothing else changes.
+//! to a library function (`runtime configure`, `cdi generate`, `cdi list`);
+//! add a subcommand as a variant of [`Command`] and a function below,
+//! nothing else changes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use nvidia_container_runtime::cdi::{self, Format, GenerateOptions, NameStrategy, Registry};
+use nvidia_container_runtime::config::{Config, Source};
 use nvidia_container_runtime::configure::{self, Applied, Engine, Options};
-use nvidia_container_runtime::runtime::lookup_executable;
+use nvidia_container_runtime::driver::Driver;
+use nvidia_container_runtime::runtime::{find_hook, lookup_executable, roots};
 
 #[derive(Debug, Parser)]
 #[command(name = "nvidia-ctk", version, about = "NVIDIA container toolkit CLI")]
@@ -24,6 +28,80 @@ enum Command {
         #[command(subcommand)]
         command: RuntimeCommand,
     },
+    /// Container Device Interface specs: generate one for this host, list
+    /// the devices of the spec dirs.
+    Cdi {
+        #[command(subcommand)]
+        command: CdiCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CdiCommand {
+    /// Write a CDI spec for this host's GPUs and driver: one device per GPU,
+    /// `all`, and the edits every device needs.
+    Generate(GenerateArgs),
+    /// Print every qualified device name in the spec dirs, one a line.
+    List(ListArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Yaml,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Index,
+    Uuid,
+    Both,
+}
+
+#[derive(Debug, clap::Args)]
+struct GenerateArgs {
+    /// The spec file to write (atomically, mode 0644), e.g.
+    /// /var/run/cdi/nvidia.yaml [default: stdout].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// [default: json for an --output ending in .json, else yaml]
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    #[arg(long, default_value = "nvidia.com")]
+    vendor: String,
+    #[arg(long, default_value = "gpu")]
+    class: String,
+    /// Device names: the GPU index, its UUID, or both.
+    #[arg(long, value_enum, default_value = "index")]
+    device_name_strategy: StrategyArg,
+    /// Where the driver's files are [default: root in [nvidia-container-cli]
+    /// of config.toml, else /].
+    #[arg(long)]
+    driver_root: Option<PathBuf>,
+    /// Where /dev/nvidia* are [default: dev-root of config.toml, else the
+    /// driver root].
+    #[arg(long)]
+    dev_root: Option<PathBuf>,
+    /// The runtime's config.toml [default: $NVIDIA_CTK_CONFIG_FILE_PATH,
+    /// $XDG_CONFIG_HOME/nvidia-container-runtime/config.toml,
+    /// /etc/nvidia-container-runtime/config.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The nvidia-container-runtime-hook the spec's hook entry runs
+    /// [default: the one next to this program, else on PATH].
+    #[arg(long)]
+    hook_path: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ListArgs {
+    /// A spec dir to search, repeatable, later ones overriding earlier ones
+    /// [default: spec-dirs of config.toml, else /etc/cdi, /var/run/cdi].
+    #[arg(long)]
+    spec_dir: Vec<PathBuf>,
+    /// The runtime's config.toml (see `cdi generate --help`).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +178,12 @@ fn main() -> ExitCode {
         Command::Runtime {
             command: RuntimeCommand::Configure(args),
         } => runtime_configure(args),
+        Command::Cdi {
+            command: CdiCommand::Generate(args),
+        } => cdi_generate(args),
+        Command::Cdi {
+            command: CdiCommand::List(args),
+        } => cdi_list(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,4 +279,104 @@ fn installed_runtime() -> PathBuf {
         .or_else(|| lookup_executable(NAME, std::env::var("PATH").ok().as_deref()))
         .and_then(|path| std::fs::canonicalize(&path).ok().or(Some(path)))
         .unwrap_or_else(|| Path::new(configure::DEFAULT_RUNTIME_PATH).to_path_buf())
+}
+
+/// The config named by `--config`, else the runtime's usual lookup.
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Source)> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            Ok((
+                Config::parse(&text, path)?,
+                Source::File(path.to_path_buf()),
+            ))
+        }
+        None => Ok(Config::load(|key| std::env::var(key).ok())?),
+    }
+}
+
+fn cdi_generate(args: GenerateArgs) -> anyhow::Result<()> {
+    let (mut config, source) = load_config(args.config.as_deref())?;
+    if let Some(root) = &args.driver_root {
+        config.nvidia_container_cli.root = root.display().to_string();
+    }
+    if let Some(root) = &args.dev_root {
+        config.nvidia_container_runtime.dev_root = root.display().to_string();
+    }
+    if let Some(hook) = &args.hook_path {
+        let absolute = std::path::absolute(hook).unwrap_or_else(|_| hook.clone());
+        config.nvidia_container_runtime_hook.path = absolute.display().to_string();
+    }
+    let self_exe = std::env::current_exe().unwrap_or_default();
+    let hook = find_hook(
+        &config,
+        &source,
+        std::env::var("PATH").ok().as_deref(),
+        &self_exe,
+    )?;
+    let driver = Driver::discover(roots(&config))?;
+    let options = GenerateOptions {
+        vendor: args.vendor,
+        class: args.class,
+        strategy: match args.device_name_strategy {
+            StrategyArg::Index => NameStrategy::Index,
+            StrategyArg::Uuid => NameStrategy::Uuid,
+            StrategyArg::Both => NameStrategy::Both,
+        },
+        hook,
+    };
+    let spec = cdi::generate(&driver, &config, &options)?;
+    let format = match (args.format, &args.output) {
+        (Some(FormatArg::Yaml), _) => Format::Yaml,
+        (Some(FormatArg::Json), _) => Format::Json,
+        (None, Some(output)) => Format::from_path(output).unwrap_or(Format::Yaml),
+        (None, None) => Format::Yaml,
+    };
+    let text = spec.render(format)?;
+    let Some(output) = args.output else {
+        print!("{text}");
+        return Ok(());
+    };
+    if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    cdi::write_spec_file(&output, &text)?;
+    let names: Vec<String> = spec
+        .devices
+        .iter()
+        .map(|device| format!("{}={}", spec.kind, device.name))
+        .collect();
+    println!("wrote {}: {}", output.display(), names.join(", "));
+    if Format::from_path(&output).is_none() {
+        eprintln!(
+            "warning: engines read only .json and .yaml files from their spec dirs; {} will not be found there",
+            output.display()
+        );
+    }
+    Ok(())
+}
+
+fn cdi_list(args: ListArgs) -> anyhow::Result<()> {
+    let dirs = if args.spec_dir.is_empty() {
+        cdi::spec_dirs(&load_config(args.config.as_deref())?.0)
+    } else {
+        args.spec_dir
+    };
+    let registry = Registry::load(&dirs);
+    // A broken file is reported, and the devices of the others still listed.
+    for broken in &registry.broken {
+        eprintln!(
+            "warning: {} is not a valid CDI spec and was skipped: {}",
+            broken.path.display(),
+            broken.problem
+        );
+    }
+    for conflict in registry.conflicts() {
+        eprintln!("warning: {conflict}");
+    }
+    for name in registry.device_names() {
+        println!("{name}");
+    }
+    Ok(())
 }

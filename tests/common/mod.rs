@@ -530,6 +530,8 @@ impl FakeDriver {
     }
 
     fn build_driver_root(&self, artifacts: &Path, options: &FakeDriverOptions) {
+        /// (dir of the built libraries, where they go, `(name, major)`s)
+        type LibSet = (PathBuf, PathBuf, &'static [(&'static str, Option<&'static str>)]);
         let root = &self.driver_root;
         let lib_dir = self.lib_dir();
         let bin_dir = root.join("usr/bin");
@@ -537,7 +539,7 @@ impl FakeDriver {
             fs::create_dir_all(d).expect("create driver root dirs");
         }
         // (built libs, where they go, their names)
-        let mut lib_sets: Vec<(PathBuf, PathBuf, &[(&str, Option<&str>)])> =
+        let mut lib_sets: Vec<LibSet> =
             vec![(artifacts.join("lib"), lib_dir.clone(), DRIVER_LIBS)];
         if options.graphics {
             lib_sets.push((
