@@ -577,7 +577,7 @@ fn grow_image_cache(bundle: &Bundle, total: usize) {
 fn selected(filter: &Option<String>, id: &str, name: &str) -> bool {
     filter
         .as_deref()
-        .map_or(true, |f| id.contains(f) || name.contains(f))
+        .is_none_or(|f| id.contains(f) || name.contains(f))
 }
 
 fn main() {

@@ -353,10 +353,7 @@ impl Spec {
 
 fn validate_edits(edits: &Edits) -> Result<(), String> {
     for entry in &edits.env {
-        if !entry
-            .split_once('=')
-            .is_some_and(|(key, _)| !key.is_empty())
-        {
+        if entry.split_once('=').is_none_or(|(key, _)| key.is_empty()) {
             return Err(format!("env entry \"{entry}\" is not KEY=VALUE"));
         }
     }

@@ -12,6 +12,7 @@ pub mod cdi;
 pub mod config;
 pub mod configure;
 pub mod confined;
+pub mod ctk;
 pub mod driver;
 pub mod driver_api;
 pub mod edits;

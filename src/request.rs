@@ -284,6 +284,43 @@ pub struct Request {
     pub cdi_from_annotations: bool,
 }
 
+/// A fast, conservative look at `config.json`'s bytes before parsing it:
+/// `false` only when no request channel can be in the file (no
+/// `NVIDIA_VISIBLE_DEVICES`, `CUDA_VERSION`, swarm variable, device mount or
+/// CDI annotation is even mentioned), so that the runtime can exec runc at
+/// once for the containers that ask for nothing, which on a node where we
+/// are dockerd's default runtime is most of them (BENCHMARKS.md). A key
+/// spelled with JSON escapes (`"NVIDIA\u005fVISIBLE..."`) is not seen:
+/// no engine writes one, and such a container only goes without GPUs.
+pub fn may_request_devices(bytes: &[u8], config: &Config) -> bool {
+    let contains = |needle: &[u8]| {
+        !needle.is_empty() && bytes.windows(needle.len()).any(|window| window == needle)
+    };
+    if contains(VISIBLE_DEVICES.as_bytes()) || contains(LEGACY_CUDA_VERSION.as_bytes()) {
+        return true;
+    }
+    if config
+        .swarm_resource
+        .split(',')
+        .map(str::trim)
+        .any(|name| contains(name.as_bytes()))
+    {
+        return true;
+    }
+    if config.accept_nvidia_visible_devices_as_volume_mounts
+        && contains(b"nvidia-container-devices")
+    {
+        return true;
+    }
+    config
+        .nvidia_container_runtime
+        .modes
+        .cdi
+        .annotation_prefixes
+        .iter()
+        .any(|prefix| contains(prefix.as_bytes()))
+}
+
 /// The container's environment as the container will see it: the last entry
 /// of a key wins (docker `--gpus` appends its own), entries without `=` are
 /// ignored like the kernel's execve does not care about them.
@@ -1058,6 +1095,42 @@ mod tests {
         let error = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=x"])
             .unwrap_err();
         assert!(error.to_string().contains("\"x\""), "{error}");
+    }
+
+    #[test]
+    fn pre_filter_sees_every_channel() {
+        let config = Config::default();
+        let text = |t: &str| may_request_devices(t.as_bytes(), &config);
+        assert!(!text(r#"{"process":{"env":["PATH=/bin","HOME=/"]}}"#));
+        assert!(text(r#"{"process":{"env":["NVIDIA_VISIBLE_DEVICES=0"]}}"#));
+        assert!(text(r#"{"process":{"env":["CUDA_VERSION=12.4"]}}"#));
+        assert!(text(
+            r#"{"annotations":{"cdi.k8s.io/x":"nvidia.com/gpu=0"}}"#
+        ));
+        let mounts = r#"{"mounts":[{"destination":"/var/run/nvidia-container-devices/0"}]}"#;
+        assert!(!text(mounts), "mount requests are off by default");
+        let config = Config {
+            accept_nvidia_visible_devices_as_volume_mounts: true,
+            swarm_resource: "DOCKER_RESOURCE_GPU".into(),
+            ..Default::default()
+        };
+        assert!(may_request_devices(mounts.as_bytes(), &config));
+        assert!(may_request_devices(
+            br#"{"env":["DOCKER_RESOURCE_GPU=GPU-1"]}"#,
+            &config
+        ));
+        // Every request the parser accepts is seen by the pre-filter.
+        for env in [
+            vec!["NVIDIA_VISIBLE_DEVICES=all"],
+            vec!["CUDA_VERSION=11.0"],
+            vec!["DOCKER_RESOURCE_GPU=GPU-1"],
+        ] {
+            let spec = spec_with_env(&env);
+            if Request::from_spec(&spec, &config).unwrap().is_some() {
+                let bytes = serde_json::to_vec(&spec).unwrap();
+                assert!(may_request_devices(&bytes, &config), "{env:?}");
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::driver_api::HostFacts;
 use crate::edits::{select_devices, ContainerEdits, EditsError, HookSettings, LibraryDirs};
 use crate::request::{Request, RequestError};
 use crate::requirements::RequirementError;
-use crate::spec::{BundleSpec, SpecError};
+use crate::spec::{RawSpec, SpecError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -58,7 +58,9 @@ pub struct Prepared {
     /// `--version`: print ours before the exec.
     pub print_version: bool,
     /// `Some` when config.json was rewritten.
-    pub patched: Option<PathBuf>,
+    /// `Some` when config.json was rewritten: its original, to put back if
+    /// the real runtime cannot be exec'd after all.
+    pub patched: Option<RawSpec>,
 }
 
 /// Standard dirs searched after PATH, as runc's own users expect a runtime to
@@ -161,14 +163,24 @@ pub fn find_hook(
 }
 
 /// Reads the bundle's spec and, for a GPU container, writes the patched
-/// spec. Returns the path written, or `None` when the container asked for no
+/// spec. Returns the original when the file was rewritten, or `None` when the container asked for no
 /// GPU (then the file is not touched at all).
 pub fn modify_bundle(
     bundle: &Path,
     config: &Config,
     hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
-) -> Result<Option<PathBuf>, RuntimeError> {
-    let spec = BundleSpec::read(bundle)?;
+) -> Result<Option<RawSpec>, RuntimeError> {
+    let raw = RawSpec::read(bundle)?;
+    if !crate::request::may_request_devices(&raw.bytes, config) {
+        // Not even a mention of a request: exec at once, without parsing.
+        // A malformed file of such a container is runc's to report.
+        tracing::debug!(
+            "{}: no GPU requested; spec left untouched",
+            raw.path.display()
+        );
+        return Ok(None);
+    }
+    let spec = raw.parse()?;
     let request =
         Request::from_spec(&spec.value, config).map_err(|source| RuntimeError::Request {
             path: spec.path.clone(),
@@ -198,7 +210,7 @@ pub fn modify_bundle(
                 return Ok(None);
             }
             spec.write(&patched)?;
-            return Ok(Some(spec.path));
+            return Ok(Some(raw));
         }
     }
     let driver = Driver::discover(roots(config)).map_err(EditsError::from)?;
@@ -229,7 +241,7 @@ pub fn modify_bundle(
         edits.device_nodes.len(),
         edits.mounts.len()
     );
-    Ok(Some(spec.path))
+    Ok(Some(raw))
 }
 
 /// Does everything before the exec.

@@ -68,9 +68,18 @@ fn kind_name(value: &Value) -> &'static str {
     }
 }
 
-impl BundleSpec {
-    /// Reads and parses `<bundle>/config.json`.
-    pub fn read(bundle: &Path) -> Result<BundleSpec, SpecError> {
+/// A `config.json` as bytes, before parsing: enough to decide that a
+/// container asks for nothing, and to put the file back as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawSpec {
+    pub path: PathBuf,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
+
+impl RawSpec {
+    /// Reads `<bundle>/config.json` whole.
+    pub fn read(bundle: &Path) -> Result<RawSpec, SpecError> {
         let path = bundle.join("config.json");
         let read_error = |source| SpecError::Read {
             path: path.clone(),
@@ -94,21 +103,44 @@ impl BundleSpec {
         // Read whole, then parse the slice: serde_json's reader path goes
         // byte by byte through `io::Read`; the parse of a one-GPU create fell
         // from 538k to 356k instructions (issue 8, BENCHMARKS.md).
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(metadata.len() as usize);
         std::io::Read::read_to_end(&mut file, &mut bytes).map_err(read_error)?;
-        let value: Value = serde_json::from_slice(&bytes).map_err(|error| SpecError::Parse {
-            path: path.clone(),
-            message: error.to_string(),
-        })?;
+        Ok(RawSpec { path, bytes, mode })
+    }
+
+    /// Parses the bytes into a [`BundleSpec`].
+    pub fn parse(&self) -> Result<BundleSpec, SpecError> {
+        let value: Value =
+            serde_json::from_slice(&self.bytes).map_err(|error| SpecError::Parse {
+                path: self.path.clone(),
+                message: error.to_string(),
+            })?;
         if !value.is_object() {
             return Err(SpecError::Shape {
-                path,
+                path: self.path.clone(),
                 field: "the document".into(),
                 expected: "an object",
                 found: kind_name(&value),
             });
         }
-        Ok(BundleSpec { path, value, mode })
+        Ok(BundleSpec {
+            path: self.path.clone(),
+            value,
+            mode: self.mode,
+        })
+    }
+
+    /// Puts the original bytes back, atomically (the runtime could not be
+    /// exec'd after the patch: leave the bundle as the engine wrote it).
+    pub fn restore(&self) -> Result<(), SpecError> {
+        write_bytes_atomically(&self.path, &self.bytes, self.mode)
+    }
+}
+
+impl BundleSpec {
+    /// Reads and parses `<bundle>/config.json`.
+    pub fn read(bundle: &Path) -> Result<BundleSpec, SpecError> {
+        RawSpec::read(bundle)?.parse()
     }
 
     /// The rootfs directory on the host (`root.path`, relative to the bundle).
@@ -135,31 +167,40 @@ impl BundleSpec {
     /// on a disk-backed bundle it is the biggest single cost of a `create`
     /// (BENCHMARKS.md).
     pub fn write(&self, value: &Value) -> Result<(), SpecError> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let temp = dir.join(format!(".config.json.nvidia-{}.tmp", std::process::id()));
-        // A temp file of this name can only be left by a runtime that was
-        // killed mid-write and had our pid: stale, and in the way of
-        // create_new below.
-        let _ = std::fs::remove_file(&temp);
-        let result = write_then_rename(&temp, &self.path, value, self.mode);
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        result.map_err(|source| SpecError::Write {
+        let bytes = serde_json::to_vec(value).map_err(|source| SpecError::Write {
             path: self.path.clone(),
-            source,
-        })
+            source: std::io::Error::other(source),
+        })?;
+        write_bytes_atomically(&self.path, &bytes, self.mode)
     }
 }
 
-fn write_then_rename(temp: &Path, target: &Path, value: &Value, mode: u32) -> std::io::Result<()> {
-    let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+/// Temp file next to `path`, fsync, rename over `path` (see
+/// [`BundleSpec::write`]); the temp file is removed on any failure.
+fn write_bytes_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SpecError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(format!(".config.json.nvidia-{}.tmp", std::process::id()));
+    // A temp file of this name can only be left by a runtime that was
+    // killed mid-write and had our pid: stale, and in the way of
+    // create_new below.
+    let _ = std::fs::remove_file(&temp);
+    let result = write_then_rename(&temp, path, bytes, mode);
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(|source| SpecError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_then_rename(temp: &Path, target: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(temp)?;
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
     std::fs::rename(temp, target)

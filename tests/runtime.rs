@@ -477,9 +477,11 @@ fn bad_requests_are_refused_with_a_clear_message() {
         &["unknown driver capability \"gpus\""],
     );
     let malformed = world.bundle("malformed", RootfsKind::Busybox, &["true"], &[]);
+    // A GPU request in a file that does not parse. (A malformed file that
+    // mentions no request at all is handed to runc unread, which reports it.)
     fs::write(
         malformed.config_path(),
-        b"{\"ociVersion\": \"1.0.2\", \"process\": ",
+        b"{\"ociVersion\": \"1.0.2\", \"process\": {\"env\": [\"NVIDIA_VISIBLE_DEVICES=0\"",
     )
     .unwrap();
     assert_refused(&world, &malformed, &[], &["config.json is not valid JSON"]);

@@ -50,12 +50,12 @@ fn main() {
         print!("{}", runtime::version_banner());
         let _ = std::io::stdout().flush();
     }
-    exec(&prepared);
+    exec(&prepared, &invocation);
 }
 
 /// Replaces this process with the real runtime, so that its exit code,
 /// stdio, terminal and signals are the engine's to see (contract.md §1).
-fn exec(prepared: &runtime::Prepared) -> ! {
+fn exec(prepared: &runtime::Prepared, invocation: &argv::Invocation) -> ! {
     let to_cstring = |bytes: &[u8]| CString::new(bytes).ok();
     let program = to_cstring(prepared.runtime.as_os_str().as_bytes());
     let args: Option<Vec<CString>> = prepared
@@ -70,9 +70,22 @@ fn exec(prepared: &runtime::Prepared) -> ! {
             .unwrap_or_default(),
         _ => "an argument contains a NUL byte".to_string(),
     };
-    eprintln!(
-        "nvidia-container-runtime: cannot exec {}: {error}",
+    let mut message = format!(
+        "cannot exec the low-level runtime {}: {error}: check that it is a working runc or crun, or set runtimes in [nvidia-container-runtime] of config.toml",
         prepared.runtime.display()
     );
+    // Nothing may be left half-done: the engine sees a failed create, so the
+    // bundle goes back to what it wrote.
+    if let Some(original) = &prepared.patched {
+        if let Err(restore) = original.restore() {
+            message.push_str(&format!("; {}", logging::error_chain(&restore)));
+        }
+    }
+    logging::write_runtime_log(
+        invocation.log_path.as_deref(),
+        invocation.log_is_json(),
+        &message,
+    );
+    eprintln!("nvidia-container-runtime: {message}");
     std::process::exit(1);
 }

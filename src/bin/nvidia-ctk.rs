@@ -1,176 +1,23 @@
 //! `nvidia-ctk`: the admin's tool. One enum of subcommands, each delegating
 //! to a library function (`runtime configure`, `cdi generate`, `cdi list`);
-//! add a subcommand as a variant of [`Command`] and a function below,
-//! nothing else changes.
+//! add a subcommand as a variant of [`Command`] (in src/ctk.rs, where the
+//! clap definitions live, shared with the man page generator) and a function
+//! below, nothing else changes.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser as _;
 use nvidia_container_runtime::cdi::{self, Format, GenerateOptions, NameStrategy, Registry};
 use nvidia_container_runtime::config::{Config, Source};
-use nvidia_container_runtime::configure::{self, Applied, Engine, Options};
+use nvidia_container_runtime::configure::{self, Applied, Options};
+use nvidia_container_runtime::ctk::{
+    CdiCommand, Cli, Command, ConfigureArgs, FormatArg, GenerateArgs, ListArgs, RuntimeCommand,
+    StrategyArg,
+};
 use nvidia_container_runtime::driver::Driver;
 use nvidia_container_runtime::runtime::{find_hook, lookup_executable, roots};
-
-#[derive(Debug, Parser)]
-#[command(name = "nvidia-ctk", version, about = "NVIDIA container toolkit CLI")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Register the NVIDIA runtime with a container engine.
-    Runtime {
-        #[command(subcommand)]
-        command: RuntimeCommand,
-    },
-    /// Container Device Interface specs: generate one for this host, list
-    /// the devices of the spec dirs.
-    Cdi {
-        #[command(subcommand)]
-        command: CdiCommand,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum CdiCommand {
-    /// Write a CDI spec for this host's GPUs and driver: one device per GPU,
-    /// `all`, and the edits every device needs.
-    Generate(GenerateArgs),
-    /// Print every qualified device name in the spec dirs, one a line.
-    List(ListArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum FormatArg {
-    Yaml,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum StrategyArg {
-    Index,
-    Uuid,
-    Both,
-}
-
-#[derive(Debug, clap::Args)]
-struct GenerateArgs {
-    /// The spec file to write (atomically, mode 0644), e.g.
-    /// /var/run/cdi/nvidia.yaml [default: stdout].
-    #[arg(long)]
-    output: Option<PathBuf>,
-    /// [default: json for an --output ending in .json, else yaml]
-    #[arg(long, value_enum)]
-    format: Option<FormatArg>,
-    #[arg(long, default_value = "nvidia.com")]
-    vendor: String,
-    #[arg(long, default_value = "gpu")]
-    class: String,
-    /// Device names: the GPU index, its UUID, or both.
-    #[arg(long, value_enum, default_value = "index")]
-    device_name_strategy: StrategyArg,
-    /// Where the driver's files are [default: root in [nvidia-container-cli]
-    /// of config.toml, else /].
-    #[arg(long)]
-    driver_root: Option<PathBuf>,
-    /// Where /dev/nvidia* are [default: dev-root of config.toml, else the
-    /// driver root].
-    #[arg(long)]
-    dev_root: Option<PathBuf>,
-    /// The runtime's config.toml [default: $NVIDIA_CTK_CONFIG_FILE_PATH,
-    /// $XDG_CONFIG_HOME/nvidia-container-runtime/config.toml,
-    /// /etc/nvidia-container-runtime/config.toml].
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// The nvidia-container-runtime-hook the spec's hook entry runs
-    /// [default: the one next to this program, else on PATH].
-    #[arg(long)]
-    hook_path: Option<PathBuf>,
-}
-
-#[derive(Debug, clap::Args)]
-struct ListArgs {
-    /// A spec dir to search, repeatable, later ones overriding earlier ones
-    /// [default: spec-dirs of config.toml, else /etc/cdi, /var/run/cdi].
-    #[arg(long)]
-    spec_dir: Vec<PathBuf>,
-    /// The runtime's config.toml (see `cdi generate --help`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
-#[derive(Debug, Subcommand)]
-enum RuntimeCommand {
-    /// Add (or with --uninstall remove) the NVIDIA runtime in an engine's
-    /// config, merging into the existing file.
-    Configure(ConfigureArgs),
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum EngineArg {
-    Docker,
-    Containerd,
-    Crio,
-    Podman,
-}
-
-impl From<EngineArg> for Engine {
-    fn from(engine: EngineArg) -> Engine {
-        match engine {
-            EngineArg::Docker => Engine::Docker,
-            EngineArg::Containerd => Engine::Containerd,
-            EngineArg::Crio => Engine::Crio,
-            EngineArg::Podman => Engine::Podman,
-        }
-    }
-}
-
-#[derive(Debug, clap::Args)]
-struct ConfigureArgs {
-    /// The engine to register with.
-    #[arg(long, value_enum)]
-    runtime: EngineArg,
-    /// The engine's config file [default: /etc/docker/daemon.json,
-    /// /etc/containerd/config.toml, /etc/crio/crio.conf,
-    /// /etc/containers/containers.conf].
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Print the resulting files; change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// The name of our runtime entry (docker --runtime=NAME, the Kubernetes
-    /// RuntimeClass handler).
-    #[arg(long, default_value = configure::DEFAULT_RUNTIME_NAME)]
-    nvidia_runtime_name: String,
-    /// The runtime binary [default: the nvidia-container-runtime installed
-    /// next to this program, else on PATH, else
-    /// /usr/bin/nvidia-container-runtime].
-    #[arg(long)]
-    nvidia_runtime_path: Option<PathBuf>,
-    /// Also make it the engine's default runtime.
-    #[arg(long)]
-    set_as_default: bool,
-    /// containerd, CRI-O: write our entry to a drop-in file (containerd:
-    /// conf.d/99-nvidia.toml next to the config, plus its `imports` line)
-    /// [default: true, but false for containerd config version 1].
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
-    drop_in: Option<bool>,
-    /// The drop-in file.
-    #[arg(long)]
-    drop_in_path: Option<PathBuf>,
-    /// containerd: the config version of a new (or empty) config file: 2 for
-    /// containerd 1.x, 3 for containerd 2.x.
-    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=3))]
-    config_version: Option<i64>,
-    /// Take our entry (and a default-runtime naming it) out again.
-    #[arg(long, alias = "remove")]
-    uninstall: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -432,7 +432,7 @@ impl FakeDriver {
     /// real driver: config 1, monitor 2, then per GPU minor 15 GIs of
     /// 1 + 8 minors each: 3 + gpu_minor * 135 + gi * 9 + (ci + 1 or 0).
     pub fn mig_minor(gpu_minor: u32, gi: u32, ci: Option<u32>) -> u32 {
-        assert!(gi < MIG_MAX_GI && ci.map_or(true, |c| c < MIG_MAX_CI));
+        assert!(gi < MIG_MAX_GI && ci.is_none_or(|c| c < MIG_MAX_CI));
         let per_gi = 1 + MIG_MAX_CI;
         3 + gpu_minor * MIG_MAX_GI * per_gi + gi * per_gi + ci.map_or(0, |c| c + 1)
     }
@@ -531,7 +531,11 @@ impl FakeDriver {
 
     fn build_driver_root(&self, artifacts: &Path, options: &FakeDriverOptions) {
         /// (dir of the built libraries, where they go, `(name, major)`s)
-        type LibSet = (PathBuf, PathBuf, &'static [(&'static str, Option<&'static str>)]);
+        type LibSet = (
+            PathBuf,
+            PathBuf,
+            &'static [(&'static str, Option<&'static str>)],
+        );
         let root = &self.driver_root;
         let lib_dir = self.lib_dir();
         let bin_dir = root.join("usr/bin");
@@ -539,8 +543,7 @@ impl FakeDriver {
             fs::create_dir_all(d).expect("create driver root dirs");
         }
         // (built libs, where they go, their names)
-        let mut lib_sets: Vec<LibSet> =
-            vec![(artifacts.join("lib"), lib_dir.clone(), DRIVER_LIBS)];
+        let mut lib_sets: Vec<LibSet> = vec![(artifacts.join("lib"), lib_dir.clone(), DRIVER_LIBS)];
         if options.graphics {
             lib_sets.push((
                 artifacts.join("lib-graphics"),
