@@ -5,7 +5,9 @@
 //! scenario, the median and p90 of our runs and of the baseline's, run
 //! interleaved (ours, baseline, baseline, ours, ...) so that the noise of this
 //! shared machine lands on both sides alike; the added time (difference of
-//! the medians), the ratio, and peak RSS from `wait4`'s `ru_maxrss`.
+//! the medians), the ratio, and peak RSS from `wait4`'s `ru_maxrss`, read
+//! by a small launcher between the harness and the measured program (see
+//! `RSS_LAUNCHER_C` for why).
 //!
 //! Why it is built the way it is:
 //! - The binaries are cargo's `CARGO_BIN_EXE_*` of the bench profile, which
@@ -77,6 +79,34 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Runs argv[2..] as a grandchild and writes its `ru_maxrss` (KiB) to the
+/// file argv[1]; exits with its status. Why: `ru_maxrss` of a process that
+/// this harness spawns directly starts from the harness's own resident set
+/// (posix_spawn shares the parent's memory until execve, and the kernel
+/// keeps the old memory's high-water mark across execve), so it measured the
+/// harness (~4.8 MiB), not the runtime. A grandchild of this small static
+/// program starts from its few hundred KiB instead.
+const RSS_LAUNCHER_C: &str = r#"
+#include <stdio.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 3) return 126;
+    pid_t pid = fork();
+    if (pid == 0) { execvp(argv[2], argv + 2); _exit(127); }
+    int status = 0;
+    struct rusage ru;
+    if (pid < 0 || wait4(pid, &status, 0, &ru) < 0) return 126;
+    FILE *f = fopen(argv[1], "w");
+    if (f) { fprintf(f, "%ld\n", ru.ru_maxrss); fclose(f); }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+"#;
+
+/// The compiled [`RSS_LAUNCHER_C`] and the file it reports to.
+static RSS_LAUNCHER: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+
 /// One timed run: wall time from spawn to reaped, and the child's peak RSS.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -87,6 +117,24 @@ struct Sample {
 /// Spawns `command` (stdio null), reaps it with wait4 and checks its exit
 /// status (`None`: any status is fine, as for `state` of a missing container).
 fn run(command: &mut Command, expect: Option<i32>) -> Sample {
+    // Through the launcher (see RSS_LAUNCHER_C), same argv, env and cwd: its
+    // fork and exec land on both sides of every comparison alike.
+    let (launcher, rss_file) = RSS_LAUNCHER.get().expect("launcher compiled in main");
+    let mut launched = Command::new(launcher);
+    launched
+        .arg(rss_file)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => launched.env(key, value),
+            None => launched.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        launched.current_dir(dir);
+    }
+    let command = &mut launched;
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -113,9 +161,14 @@ fn run(command: &mut Command, expect: Option<i32>) -> Sample {
     if let Some(expected) = expect {
         assert_eq!(code, expected, "{command:?} exited with {code}");
     }
+    let _ = usage;
+    let maxrss_kib = fs::read_to_string(rss_file)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0);
     Sample {
         elapsed,
-        maxrss_kib: usage.ru_maxrss as u64,
+        maxrss_kib,
     }
 }
 
@@ -594,6 +647,10 @@ fn main() {
     let tmp = TempDir::new("bench-startup");
     let dir = tmp.path();
     let shim_out = dir.join("hook-samples.txt");
+    let _ = RSS_LAUNCHER.set((
+        compile_c(dir, "rss-launcher", RSS_LAUNCHER_C, &[]),
+        dir.join("rss.txt"),
+    ));
     let tools = Tools {
         runc: common::runc_path(),
         noop: compile_c(dir, "noop", NOOP_C, &[]),
@@ -955,7 +1012,7 @@ fn main() {
     }
     println!();
     machine_lines(runc);
-    println!("- runs: {slow} per runc-backed row, {fast} per no-op row; interleaved; times are wall ms from spawn to reaped");
+    println!("- runs: {slow} per runc-backed row, {fast} per no-op row; interleaved; times are wall ms from spawn to reaped, through a small static launcher (its fork+exec, ~0.2 ms, is on both sides) that reads the peak RSS");
     println!();
     print_table(&rows);
     let _ = std::io::stdout().flush();
