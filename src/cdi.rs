@@ -572,8 +572,9 @@ fn library_dirs(driver: &Driver, capabilities: Capabilities) -> Result<LibraryDi
 /// device's edits are what a request for that GPU (or for all) adds to
 /// them. The hook is only in the common edits, without `--gpu`: hooks of
 /// several devices would each mount their own `/proc/driver/nvidia` mask
-/// over the previous one, so the container sees no GPU's procfs directory
-/// (it keeps `version` and the masked `params`), never another GPU's.
+/// over the previous one. Given no `--gpu`, the hook shows the procfs dirs
+/// of the GPUs whose `/dev/nvidia<minor>` nodes are in the container's
+/// spec (`hook::gpu_dirs_from_devices`), never another GPU's.
 pub fn generate(
     driver: &Driver,
     config: &Config,

@@ -464,7 +464,14 @@ pub fn prestart(args: &HookArgs, state: &State, config: &Config) -> Result<Repor
     // The driver's procfs is a host path: read it before leaving the host's
     // mount namespace. Its error only matters if there is something to mask.
     let proc_source = config.proc_root().join(PROC_DRIVER_NVIDIA);
-    let masked_tree = read_masked_tree(&proc_source, &args.gpus, &args.proc_files);
+    // A CDI spec's hook entry is shared by every device and so names no
+    // GPU: then the GPUs are the ones whose nodes the spec gives.
+    let gpus = if args.gpus.is_empty() {
+        gpu_dirs_from_devices(&spec.value, &proc_source)
+    } else {
+        args.gpus.clone()
+    };
+    let masked_tree = read_masked_tree(&proc_source, &gpus, &args.proc_files);
 
     enter_mount_namespace(state.pid)?;
     let root = open_rootfs(&rootfs)?;
@@ -753,6 +760,44 @@ pub fn mask_params(text: &str) -> String {
 /// (`<proc-root>/driver/nvidia`): `version`, `params` masked, `registry` if
 /// present, every regular file of `gpus/<dir>` for the selected GPUs, and
 /// the `extra_files` (relative paths, e.g. MIG capability files).
+/// The procfs dirs (`0000:3b:00.0`) of the GPUs whose `/dev/nvidia<minor>`
+/// nodes are in the spec's `linux.devices`, matched by `Device Minor` in
+/// each GPU's `information`; sorted. Unreadable files count as no match:
+/// the mask then shows fewer GPUs, never more.
+pub fn gpu_dirs_from_devices(spec: &Value, proc_source: &Path) -> Vec<String> {
+    let minors: Vec<u32> = spec
+        .pointer("/linux/devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|device| device.get("path")?.as_str()?.strip_prefix("/dev/nvidia"))
+        .filter(|suffix| !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|suffix| suffix.parse().ok())
+        .collect();
+    if minors.is_empty() {
+        return Vec::new();
+    }
+    let Ok(entries) = std::fs::read_dir(proc_source.join("gpus")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let text = std::fs::read_to_string(entry.path().join("information")).ok()?;
+            let minor: u32 = crate::driver::parse_information(&text)
+                .find(|(key, _)| *key == "Device Minor")?
+                .1
+                .parse()
+                .ok()?;
+            minors
+                .contains(&minor)
+                .then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
 pub fn read_masked_tree(
     source: &Path,
     gpu_dirs: &[String],
@@ -1104,5 +1149,28 @@ mod tests {
             "NVIDIA_VISIBLE_DEVICES=void",
             "NVIDIA_VISIBLE_DEVICES=0"
         ])));
+    }
+
+    #[test]
+    fn gpus_of_a_cdi_container_come_from_its_device_nodes() {
+        let dir = std::env::temp_dir().join(format!("ncr-hook-gpus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (bus, minor) in [("0000:06:00.0", 1), ("0000:3b:00.0", 0)] {
+            let gpu = dir.join("gpus").join(bus);
+            std::fs::create_dir_all(&gpu).unwrap();
+            std::fs::write(
+                gpu.join("information"),
+                format!("Model: \t X\nDevice Minor: \t {minor}\n"),
+            )
+            .unwrap();
+        }
+        let spec = serde_json::json!({"linux": {"devices": [
+            {"path": "/dev/nvidiactl"}, {"path": "/dev/nvidia0"}, {"path": "/dev/nvidia-uvm"}
+        ]}});
+        assert_eq!(gpu_dirs_from_devices(&spec, &dir), ["0000:3b:00.0"]);
+        let none = serde_json::json!({"linux": {"devices": [{"path": "/dev/nvidiactl"}]}});
+        assert!(gpu_dirs_from_devices(&none, &dir).is_empty());
+        assert!(gpu_dirs_from_devices(&serde_json::json!({}), &dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
