@@ -51,33 +51,14 @@ fn assert_golden(name: &str, actual: &str) {
 }
 
 /// A fake driver (two GPUs, DRM nodes) and a config.toml for it.
-struct World {
-    tmp: TempDir,
-    driver: FakeDriver,
-    config: PathBuf,
-    state_root: PathBuf,
-}
-
 impl World {
     fn new(name: &str, top_level: &str, runtime_keys: &str) -> World {
-        let tmp = TempDir::new(name);
-        let driver = FakeDriver::build(
-            &tmp.path().join("driver"),
+        World::build(
+            name,
             &FakeDriverOptions::two_gpus().with_drm(),
-        );
-        let config = driver.write_config(&tmp.path().join("config.toml"), runtime_keys);
-        if !top_level.is_empty() {
-            let text = fs::read_to_string(&config).unwrap();
-            fs::write(&config, format!("{top_level}\n{text}")).unwrap();
-        }
-        let state_root = tmp.path().join("state");
-        fs::create_dir_all(&state_root).unwrap();
-        World {
-            tmp,
-            driver,
-            config,
-            state_root,
-        }
+            top_level,
+            runtime_keys,
+        )
     }
 
     fn dir(&self) -> &Path {
@@ -96,10 +77,6 @@ impl World {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }
-    }
-
-    fn bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
-        Bundle::new(&self.dir().join(name), kind, args, env)
     }
 
     fn run(&self, bundle: &Bundle) -> RunOutput {

@@ -6,53 +6,28 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use serde_json::{json, Value};
 
 const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
 
-struct World {
-    tmp: TempDir,
-    driver: FakeDriver,
-    config: PathBuf,
-}
-
 impl World {
-    fn new(name: &str, extra_config: &str) -> World {
-        let tmp = TempDir::new(name);
+    fn new(name: &str, top_level_keys: &str) -> World {
         let options = FakeDriverOptions::two_gpus().with_all_features();
-        let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
-        let config = tmp.path().join("config.toml");
-        driver.write_config(&config, "");
-        if !extra_config.is_empty() {
-            // Top-level keys must come before the first table.
-            let text = fs::read_to_string(&config).unwrap();
-            fs::write(&config, format!("{extra_config}\n{text}")).unwrap();
-        }
-        World {
-            tmp,
-            driver,
-            config,
-        }
+        World::build(name, &options, top_level_keys, "")
     }
 
-    fn bundle(&self, name: &str, kind: RootfsKind, script: &str, env: &[&str]) -> Bundle {
-        Bundle::new(
-            &self.tmp.path().join(name),
-            kind,
-            &["sh", "-c", script],
-            env,
-        )
+    /// A bundle whose process is `sh -c <script>`.
+    fn shell_bundle(&self, name: &str, kind: RootfsKind, script: &str, env: &[&str]) -> Bundle {
+        self.bundle(name, kind, &["sh", "-c", script], env)
     }
 
     fn run(&self, bundle: &Bundle) -> RunOutput {
-        let state = self.tmp.path().join("state");
-        fs::create_dir_all(&state).unwrap();
         run_container(
             Path::new(RUNTIME),
-            &state,
+            &self.state_root,
             bundle,
             &unique_id("contract"),
             &[
@@ -110,7 +85,7 @@ fn mig_devices_by_index_and_uuid_get_parent_and_capability_nodes() {
     ];
     for (name, value, parent, mig) in cases {
         let env = format!("NVIDIA_VISIBLE_DEVICES={value}");
-        let bundle = world.bundle(
+        let bundle = world.shell_bundle(
             name,
             RootfsKind::Glibc { ldconfig: false },
             "ls /dev; echo ---; ls /dev/nvidia-caps; echo ---; cat /dev/nvidia-caps/* 2>&1; echo ---; nvidia-smi -L",
@@ -160,7 +135,7 @@ fn unknown_mig_device_is_refused() {
         ("MIG-0000", "MIG-0000"),
     ] {
         let env = format!("NVIDIA_VISIBLE_DEVICES={value}");
-        let bundle = world.bundle(value, RootfsKind::Busybox, "true", &[&env]);
+        let bundle = world.shell_bundle(value, RootfsKind::Busybox, "true", &[&env]);
         let before = fs::read(bundle.config_path()).unwrap();
         let out = world.run(&bundle);
         assert_eq!(out.status, 1, "{value}: {out:?}");
@@ -181,7 +156,7 @@ fn mig_config_and_monitor_only_for_privileged_containers() {
         "NVIDIA_MIG_CONFIG_DEVICES=all",
         "NVIDIA_MIG_MONITOR_DEVICES=all",
     ];
-    let unprivileged = world.bundle(
+    let unprivileged = world.shell_bundle(
         "unprivileged",
         RootfsKind::Busybox,
         "ls /dev/nvidia-caps",
@@ -195,7 +170,7 @@ fn mig_config_and_monitor_only_for_privileged_containers() {
         out.stderr
     );
 
-    let privileged_bundle = world.bundle(
+    let privileged_bundle = world.shell_bundle(
         "privileged",
         RootfsKind::Busybox,
         "ls /dev/nvidia-caps",
@@ -214,7 +189,7 @@ fn drm_nodes_only_of_the_selected_gpu_and_graphics_files() {
         return;
     }
     let world = World::new("contract-drm", "");
-    let bundle = world.bundle(
+    let bundle = world.shell_bundle(
         "drm",
         RootfsKind::Busybox,
         "ls /dev/dri; echo ---; ls /dev; echo ---; cat /usr/share/glvnd/egl_vendor.d/10_nvidia.json; ls /usr/lib64",
@@ -250,7 +225,7 @@ fn imex_channels_and_feature_devices() {
         return;
     }
     let world = World::new("contract-imex", "");
-    let bundle = world.bundle(
+    let bundle = world.shell_bundle(
         "imex",
         RootfsKind::Busybox,
         "ls /dev/nvidia-caps-imex-channels; echo ---; ls /dev /dev/infiniband 2>/dev/null; echo ---; cat /dev/nvidia-caps-imex-channels/channel1 /dev/nvidia-fs0 /dev/gdrdrv 2>&1; true",
@@ -285,7 +260,7 @@ fn imex_channels_and_feature_devices() {
         parts[2]
     );
 
-    let all = world.bundle(
+    let all = world.shell_bundle(
         "imex-all",
         RootfsKind::Busybox,
         "ls /dev/nvidia-caps-imex-channels /dev/infiniband",
@@ -302,7 +277,7 @@ fn imex_channels_and_feature_devices() {
         assert!(listed.contains(&node.to_string()), "{node}: {listed:?}");
     }
 
-    let missing = world.bundle(
+    let missing = world.shell_bundle(
         "imex-missing",
         RootfsKind::Busybox,
         "true",
@@ -319,7 +294,7 @@ fn compat32_mounts_the_i386_libraries() {
         return;
     }
     let world = World::new("contract-compat32", "");
-    let bundle = world.bundle(
+    let bundle = world.shell_bundle(
         "compat32",
         RootfsKind::Glibc { ldconfig: false },
         "ls /usr/lib/i386-linux-gnu; echo ---; ls /usr/lib/x86_64-linux-gnu",
@@ -337,7 +312,7 @@ fn compat32_mounts_the_i386_libraries() {
     }
     assert!(lib64.contains("libcuda.so.1"), "{lib64}");
 
-    let without = world.bundle(
+    let without = world.shell_bundle(
         "no-compat32",
         RootfsKind::Glibc { ldconfig: false },
         "ls /usr/lib/i386-linux-gnu 2>&1; true",
@@ -358,7 +333,7 @@ fn trust_setting_both_ways() {
         "accept-nvidia-visible-devices-envvar-when-unprivileged = false",
     );
     // Unprivileged: the env request is ignored, the spec untouched.
-    let bundle = strict.bundle(
+    let bundle = strict.shell_bundle(
         "unprivileged",
         RootfsKind::Busybox,
         "ls /dev",
@@ -370,7 +345,7 @@ fn trust_setting_both_ways() {
     assert!(!out.stdout.contains("nvidia"), "{}", out.stdout);
     assert!(fs::read(bundle.config_path()).unwrap() == before);
     // Privileged: honoured.
-    let bundle = strict.bundle(
+    let bundle = strict.shell_bundle(
         "privileged",
         RootfsKind::Busybox,
         "ls /dev",
@@ -383,7 +358,7 @@ fn trust_setting_both_ways() {
 
     // The default (true): an unprivileged env request is honoured.
     let lenient = World::new("contract-trust-default", "");
-    let bundle = lenient.bundle(
+    let bundle = lenient.shell_bundle(
         "default",
         RootfsKind::Busybox,
         "ls /dev",

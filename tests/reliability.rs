@@ -24,39 +24,17 @@ use serde_json::{json, Value};
 
 const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
 
-/// A fake driver, a config.toml for it, a runc state root, in one temp dir.
-struct World {
-    tmp: TempDir,
-    driver: FakeDriver,
-    config: PathBuf,
-    state_root: PathBuf,
-}
-
 impl World {
     fn new(name: &str, extra_runtime_keys: &str) -> World {
         World::with_driver(name, FakeDriverOptions::two_gpus(), extra_runtime_keys)
     }
 
     fn with_driver(name: &str, options: FakeDriverOptions, extra_runtime_keys: &str) -> World {
-        let tmp = TempDir::new(name);
-        let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
-        let config = driver.write_config(&tmp.path().join("config.toml"), extra_runtime_keys);
-        let state_root = tmp.path().join("state");
-        fs::create_dir_all(&state_root).unwrap();
-        World {
-            tmp,
-            driver,
-            config,
-            state_root,
-        }
+        World::build(name, &options, "", extra_runtime_keys)
     }
 
     fn env(&self) -> Vec<(&str, &str)> {
-        vec![("NVIDIA_CTK_CONFIG_FILE_PATH", self.config.to_str().unwrap())]
-    }
-
-    fn bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
-        Bundle::new(&self.tmp.path().join(name), kind, args, env)
+        self.config_env()
     }
 
     fn create_start_delete(&self, bundle: &Bundle) -> RunOutput {

@@ -3,7 +3,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
@@ -11,39 +11,13 @@ use serde_json::{json, Value};
 
 const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
 
-/// One test's world: a fake driver, its config, a runc state root.
-struct World {
-    tmp: TempDir,
-    driver: FakeDriver,
-    config: PathBuf,
-    state_root: PathBuf,
-}
-
 impl World {
     fn new(name: &str) -> World {
         World::with_config(name, "")
     }
 
     fn with_config(name: &str, extra_runtime_keys: &str) -> World {
-        let tmp = TempDir::new(name);
-        let driver = FakeDriver::build(&tmp.path().join("driver"), &FakeDriverOptions::two_gpus());
-        let config = driver.write_config(&tmp.path().join("config.toml"), extra_runtime_keys);
-        let state_root = tmp.path().join("state");
-        fs::create_dir_all(&state_root).unwrap();
-        World {
-            tmp,
-            driver,
-            config,
-            state_root,
-        }
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        vec![("NVIDIA_CTK_CONFIG_FILE_PATH", self.config.to_str().unwrap())]
-    }
-
-    fn bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
-        Bundle::new(&self.tmp.path().join(name), kind, args, env)
+        World::build(name, &FakeDriverOptions::two_gpus(), "", extra_runtime_keys)
     }
 
     fn run(&self, bundle: &Bundle) -> RunOutput {
@@ -52,7 +26,7 @@ impl World {
             &self.state_root,
             bundle,
             &unique_id("rt"),
-            &self.env(),
+            &self.config_env(),
         )
     }
 
@@ -69,13 +43,8 @@ impl World {
     }
 }
 
-fn output(mut command: Command) -> RunOutput {
-    let out = command.output().expect("spawn");
-    RunOutput {
-        status: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+fn output(command: Command) -> RunOutput {
+    command_output(command)
 }
 
 /// The `/dev/nvidia*` names a container sees, sorted.
@@ -493,20 +462,10 @@ fn half_upgraded_driver_is_refused() {
         return;
     }
     // Kernel module 470 while libcuda.so.1 points at a newer (535) file.
-    let tmp = TempDir::new("rt-upgrade");
     let mut options = FakeDriverOptions::two_gpus();
     options.version = "470.223.02".into();
     options.kernel_version = "470.223.02".into();
-    let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
-    let config = driver.write_config(&tmp.path().join("config.toml"), "");
-    let state_root = tmp.path().join("state");
-    fs::create_dir_all(&state_root).unwrap();
-    let world = World {
-        tmp,
-        driver,
-        config,
-        state_root,
-    };
+    let world = World::build("rt-upgrade", &options, "", "");
     let bundle = world.bundle(
         "b",
         RootfsKind::Busybox,

@@ -1919,3 +1919,64 @@ impl Drop for TempDir {
         let _ = fs::remove_dir_all(&self.0);
     }
 }
+
+/// One test's host: a fake driver, a config.toml pointing the runtime at it,
+/// and a runc state root, all in one temp dir (removed on drop). Test files
+/// add their own `impl World` blocks for how they drive the runtime.
+pub struct World {
+    pub tmp: TempDir,
+    pub driver: FakeDriver,
+    pub config: PathBuf,
+    pub state_root: PathBuf,
+}
+
+impl World {
+    /// `top_level_keys` go before the first table of config.toml,
+    /// `runtime_keys` into `[nvidia-container-runtime]`.
+    pub fn build(
+        name: &str,
+        options: &FakeDriverOptions,
+        top_level_keys: &str,
+        runtime_keys: &str,
+    ) -> World {
+        let tmp = TempDir::new(name);
+        let driver = FakeDriver::build(&tmp.path().join("driver"), options);
+        let config = driver.write_config(&tmp.path().join("config.toml"), runtime_keys);
+        if !top_level_keys.is_empty() {
+            let text = fs::read_to_string(&config).expect("read config.toml");
+            fs::write(&config, format!("{top_level_keys}\n{text}")).expect("write config.toml");
+        }
+        let state_root = tmp.path().join("state");
+        fs::create_dir_all(&state_root).expect("create state root");
+        World {
+            tmp,
+            driver,
+            config,
+            state_root,
+        }
+    }
+
+    /// The environment that points the runtime at this world's config.
+    pub fn config_env(&self) -> Vec<(&str, &str)> {
+        vec![(
+            "NVIDIA_CTK_CONFIG_FILE_PATH",
+            self.config.to_str().expect("UTF-8 config path"),
+        )]
+    }
+
+    /// A bundle in this world's temp dir.
+    pub fn bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
+        Bundle::new(&self.tmp.path().join(name), kind, args, env)
+    }
+}
+
+/// Runs a command to completion (stdin as the command says) and collects
+/// its exit status and output.
+pub fn command_output(mut command: Command) -> RunOutput {
+    let out = command.output().expect("spawn");
+    RunOutput {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
