@@ -18,8 +18,7 @@
 //! <https://github.com/cncf-tags/container-device-interface/blob/main/SPEC.md>.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -724,39 +723,17 @@ fn to_cdi(edits: &ContainerEdits) -> Edits {
 /// same dir, fsync, rename, fsync the dir. Readers (an engine refreshing its
 /// spec cache) see the old file or the new one, never half of one.
 pub fn write_spec_file(path: &Path, text: &str) -> Result<(), CdiError> {
-    let fail = |source| CdiError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    // A leading dot and a suffix that is neither .json nor .yaml: an engine
-    // scanning the dir meanwhile does not take the temp file for a spec.
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+    let options = crate::atomic::Options {
         // Set explicitly: the umask must not make the spec unreadable to an
         // engine running as another user.
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.map_err(fail)
+        mode: 0o644,
+        owner: None,
+        sync_dir: true,
+    };
+    crate::atomic::write(path, text.as_bytes(), &options).map_err(|source| CdiError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 // ---------------------------------------------------------------------------

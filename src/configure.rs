@@ -19,8 +19,7 @@
 //!   second run changes nothing (not even the backup).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
@@ -309,38 +308,16 @@ pub fn write_atomically(
     contents: &[u8],
     previous: Option<&std::fs::Metadata>,
 ) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let mode = previous.map_or(0o644, |m| m.mode() & 0o7777);
-    let tmp = dir.join(format!(
-        ".{}.nvidia-ctk-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        // The umask may have cut the mode given to open.
-        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        if let Some(previous) = previous {
-            std::os::unix::fs::fchown(&file, Some(previous.uid()), Some(previous.gid()))?;
-        }
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
     }
-    result
+    let options = crate::atomic::Options {
+        mode: previous.map_or(0o644, |m| m.mode() & 0o7777),
+        owner: previous.map(|m| (m.uid(), m.gid())),
+        // An engine config must survive a crash as written.
+        sync_dir: true,
+    };
+    crate::atomic::write(path, contents, &options)
 }
 
 fn validate_name(name: &str) -> Result<()> {

@@ -4,10 +4,12 @@
 //! asked) -> [`config`] -> [`request`] (what the container asks for) ->
 //! [`driver`] (what the host has) -> [`edits`] (what the container gets) ->
 //! [`spec`] (config.json patched) -> [`runtime`] (exec the real runtime).
-//! [`ldcache`], [`elf`] and [`confined`] are the file-format and path helpers
+//! [`ldcache`], [`elf`], [`confined`] and [`atomic`] are the file-format, path
+//! and file-replacement helpers
 //! they share; [`logging`] reports errors the way engines read them.
 
 pub mod argv;
+pub mod atomic;
 pub mod cdi;
 pub mod config;
 pub mod configure;

@@ -9,7 +9,6 @@
 //! rule, mounts replace by container path, hooks are appended. Applying the
 //! same edits twice gives the same document as applying them once.
 
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -178,32 +177,16 @@ impl BundleSpec {
 /// Temp file next to `path`, fsync, rename over `path` (see
 /// [`BundleSpec::write`]); the temp file is removed on any failure.
 fn write_bytes_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SpecError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = dir.join(format!(".config.json.nvidia-{}.tmp", std::process::id()));
-    // A temp file of this name can only be left by a runtime that was
-    // killed mid-write and had our pid: stale, and in the way of
-    // create_new below.
-    let _ = std::fs::remove_file(&temp);
-    let result = write_then_rename(&temp, path, bytes, mode);
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result.map_err(|source| SpecError::Write {
+    let options = crate::atomic::Options {
+        mode,
+        owner: None,
+        // See BundleSpec::write: losing the rename leaves the old document.
+        sync_dir: false,
+    };
+    crate::atomic::write(path, bytes, &options).map_err(|source| SpecError::Write {
         path: path.to_path_buf(),
         source,
     })
-}
-
-fn write_then_rename(temp: &Path, target: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(temp)?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(temp, target)
 }
 
 /// Applies edits to a spec. Shape errors name the field; the document is
