@@ -134,7 +134,7 @@ fn to_path(value: &[u8]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(value))
 }
 
-/// Scans argv (including argv[0]) the way runc's own flag parsing would see
+/// Scans argv (including `argv[0]`) the way runc's own flag parsing would see
 /// it. Never fails: a bundle flag without a value is recorded in
 /// `bundle_error`, so that the error can still be logged where `--log` says.
 pub fn scan<S: AsRef<OsStr>>(argv: &[S]) -> Invocation {

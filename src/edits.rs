@@ -321,8 +321,8 @@ fn mount(host_path: &Path, container_path: &Path, options: &[&str]) -> Mount {
 }
 
 impl ContainerEdits {
-    /// The edits for one GPU container. `library_dir` is the container's
-    /// library dir ([`container_library_dir`]).
+    /// The edits for one GPU container. `rootfs_dirs` are the container's
+    /// library dirs ([`LibraryDirs::for_rootfs`]).
     /// `hook`: where our prestart hook is; `None` leaves it out (CDI specs
     /// for engines that do not run our hook, and tests of the bare edits).
     pub fn for_request(

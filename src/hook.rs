@@ -165,7 +165,7 @@ pub struct HookArgs {
 }
 
 impl HookArgs {
-    /// Parses argv (with argv[0]). Problems are only errors for `prestart`:
+    /// Parses argv (with `argv[0]`). Problems are only errors for `prestart`:
     /// every other stage exits 0 whatever else its entry says, so that an
     /// engine's poststop never fails on us.
     pub fn parse(args: &[OsString]) -> Result<HookArgs, HookError> {

@@ -37,7 +37,7 @@ pub struct Command {
     pub print_version: bool,
 }
 
-/// The docker command line for our argv (`args` without argv[0]), given
+/// The docker command line for our argv (`args` without `argv[0]`), given
 /// `NV_DOCKER` and `NV_GPU`.
 pub fn command(args: &[OsString], nv_docker: Option<&OsStr>, nv_gpu: Option<&OsStr>) -> Command {
     let (program, mut prefix) = docker_command(nv_docker);

@@ -53,7 +53,7 @@ pub enum RuntimeError {
 pub struct Prepared {
     /// The real runtime to exec.
     pub runtime: PathBuf,
-    /// argv for it: ours, untouched, with argv[0] its absolute path.
+    /// argv for it: ours, untouched, with `argv[0]` its absolute path.
     pub argv: Vec<OsString>,
     /// `--version`: print ours before the exec.
     pub print_version: bool,
