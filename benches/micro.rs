@@ -183,6 +183,7 @@ fn node(name: &str, major: u64, minor: u64) -> DeviceNode {
         file_mode: 0o666,
         uid: 0,
         gid: 0,
+        permissions: "rwm".into(),
     }
 }
 
@@ -204,6 +205,7 @@ fn one_gpu_edits() -> ContainerEdits {
                 host_path: lib_dir.join(&file),
                 container_path: lib_dir.join(name),
                 options: options.clone(),
+                mount_type: "bind".into(),
             });
         }
         hook_args.push("--library".into());
@@ -215,6 +217,7 @@ fn one_gpu_edits() -> ContainerEdits {
             host_path: path.clone(),
             container_path: path,
             options: options.clone(),
+            mount_type: "bind".into(),
         });
     }
     for fw in ["gsp_ga10x.bin", "gsp_tu10x.bin"] {
@@ -223,6 +226,7 @@ fn one_gpu_edits() -> ContainerEdits {
             host_path: path.clone(),
             container_path: path,
             options: options.clone(),
+            mount_type: "bind".into(),
         });
     }
     hook_args.extend(["--gpu".to_string(), "0000:3b:00.0".to_string()]);

@@ -1037,16 +1037,10 @@ fn salvage(path: PathBuf, problem: String) -> BrokenSpec {
 // Application
 // ---------------------------------------------------------------------------
 
-/// Resolved CDI edits as our model, plus what the model does not carry and
-/// is set on the patched spec afterwards: a mount's `type` when the spec
-/// names one (the model's mounts are binds), and a device's cgroup access
-/// when the spec narrows it from `rwm`.
+/// Resolved CDI edits, as our model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolved {
     pub edits: ContainerEdits,
-    mount_types: Vec<(String, String)>,
-    /// (major, minor, access)
-    permissions: Vec<(u64, u64, String)>,
 }
 
 impl Resolved {
@@ -1068,22 +1062,19 @@ impl Resolved {
         }
         self.edits.env.extend(edits.env.iter().cloned());
         for node in &edits.device_nodes {
-            let device = device_node(node).map_err(&bad)?;
-            if let Some(access) = node.permissions.as_ref().filter(|p| p.as_str() != "rwm") {
-                self.permissions
-                    .push((device.major, device.minor, access.clone()));
-            }
-            self.edits.device_nodes.push(device);
+            self.edits
+                .device_nodes
+                .push(device_node(node).map_err(&bad)?);
         }
         for mount in &edits.mounts {
-            if let Some(kind) = &mount.mount_type {
-                self.mount_types
-                    .push((mount.container_path.clone(), kind.clone()));
-            }
             self.edits.mounts.push(crate::edits::Mount {
                 host_path: PathBuf::from(&mount.host_path),
                 container_path: PathBuf::from(&mount.container_path),
                 options: mount.options.clone(),
+                mount_type: mount
+                    .mount_type
+                    .clone()
+                    .unwrap_or_else(|| "bind".to_string()),
             });
         }
         for hook in &edits.hooks {
@@ -1103,44 +1094,9 @@ impl Resolved {
         Ok(())
     }
 
-    /// Applies the edits to a `config.json` value with [`crate::spec::apply`]
-    /// and sets what the model does not carry.
+    /// Applies the edits to a `config.json` value with [`crate::spec::apply`].
     pub fn apply(&self, spec: &Value, path: &Path) -> Result<Value, CdiError> {
-        let mut patched = crate::spec::apply(spec, &self.edits, path)?;
-        if let Some(mounts) = patched.get_mut("mounts").and_then(Value::as_array_mut) {
-            for (destination, kind) in &self.mount_types {
-                for mount in mounts.iter_mut() {
-                    if mount.get("destination").and_then(Value::as_str) == Some(destination) {
-                        mount["type"] = Value::String(kind.clone());
-                    }
-                }
-            }
-        }
-        if let Some(rules) = patched
-            .pointer_mut("/linux/resources/devices")
-            .and_then(Value::as_array_mut)
-        {
-            for (major, minor, access) in &self.permissions {
-                for rule in rules.iter_mut() {
-                    let matches = rule.get("allow") == Some(&Value::Bool(true))
-                        && rule.get("type").and_then(Value::as_str) == Some("c")
-                        && rule.get("major").and_then(Value::as_u64) == Some(*major)
-                        && rule.get("minor").and_then(Value::as_u64) == Some(*minor);
-                    if matches {
-                        rule["access"] = Value::String(access.clone());
-                    }
-                }
-            }
-            // Applying twice must not leave the same rule twice.
-            let mut unique: Vec<Value> = Vec::with_capacity(rules.len());
-            for rule in rules.drain(..) {
-                if !unique.contains(&rule) {
-                    unique.push(rule);
-                }
-            }
-            *rules = unique;
-        }
-        Ok(patched)
+        Ok(crate::spec::apply(spec, &self.edits, path)?)
     }
 }
 
@@ -1209,6 +1165,10 @@ fn device_node(node: &DeviceNode) -> Result<crate::driver::DeviceNode, String> {
             .map_or(0o666, |mode| mode & 0o777),
         uid: node.uid.unwrap_or(0),
         gid: node.gid.unwrap_or(0),
+        permissions: node
+            .permissions
+            .clone()
+            .unwrap_or_else(|| crate::driver::FULL_ACCESS.to_string()),
     })
 }
 

@@ -109,7 +109,13 @@ pub struct DeviceNode {
     pub file_mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The cgroup access the container gets (`rwm`; CDI's `permissions`).
+    pub permissions: String,
 }
+
+/// The cgroup access of an injected device node: everything, as runc gives
+/// the nodes of its own default device list.
+pub const FULL_ACCESS: &str = "rwm";
 
 /// A driver library: one real file, reachable by its SONAME.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -591,6 +597,7 @@ impl Driver {
             file_mode: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
+            permissions: FULL_ACCESS.to_string(),
         }))
     }
 

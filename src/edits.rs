@@ -37,6 +37,9 @@ pub struct Mount {
     pub host_path: PathBuf,
     pub container_path: PathBuf,
     pub options: Vec<String>,
+    /// The OCI mount `type`: `bind` for everything we inject; a CDI spec
+    /// may name another.
+    pub mount_type: String,
 }
 
 /// An OCI hook, with the stage it runs at (CDI's `hookName`).
@@ -314,6 +317,7 @@ fn describe_gpus(driver: &Driver, asked: &DeviceId) -> String {
 
 fn mount(host_path: &Path, container_path: &Path, options: &[&str]) -> Mount {
     Mount {
+        mount_type: "bind".to_string(),
         host_path: host_path.to_path_buf(),
         container_path: container_path.to_path_buf(),
         options: options.iter().map(|o| o.to_string()).collect(),

@@ -347,7 +347,7 @@ fn cgroup_rule(node: &DeviceNode) -> Value {
         .typ(LinuxDeviceType::C)
         .major(node.major as i64)
         .minor(node.minor as i64)
-        .access("rwm")
+        .access(node.permissions.as_str())
         .build()
         // Cannot fail: see `device_json`.
         .expect("LinuxDeviceCgroupBuilder with defaults");
@@ -357,7 +357,7 @@ fn cgroup_rule(node: &DeviceNode) -> Value {
 fn mount_json(mount: &Mount) -> Value {
     json!({
         "destination": mount.container_path.to_string_lossy(),
-        "type": "bind",
+        "type": mount.mount_type,
         "source": mount.host_path.to_string_lossy(),
         "options": mount.options,
     })
@@ -388,6 +388,7 @@ mod tests {
             file_mode: 0o666,
             uid: 0,
             gid: 0,
+            permissions: "rwm".into(),
         }
     }
 
@@ -399,6 +400,7 @@ mod tests {
                 host_path: "/d/libcuda.so.550".into(),
                 container_path: "/usr/lib64/libcuda.so.1".into(),
                 options: vec!["ro".into(), "bind".into()],
+                mount_type: "bind".into(),
             }],
             hooks: vec![Hook {
                 hook_name: "prestart".into(),

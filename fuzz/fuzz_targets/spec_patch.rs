@@ -22,6 +22,7 @@ fn edits() -> ContainerEdits {
         file_mode: 0o666,
         uid: 0,
         gid: 0,
+        permissions: "rwm".into(),
     };
     ContainerEdits {
         env: vec!["NVIDIA_VISIBLE_DEVICES=void".into(), "A=1".into()],
@@ -30,6 +31,7 @@ fn edits() -> ContainerEdits {
             host_path: "/d/libcuda.so.550.54.15".into(),
             container_path: "/usr/lib64/libcuda.so.1".into(),
             options: vec!["ro".into(), "nosuid".into(), "nodev".into(), "bind".into()],
+            mount_type: "bind".into(),
         }],
         hooks: vec![Hook {
             hook_name: "prestart".into(),
