@@ -21,8 +21,6 @@ const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
 const HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
 const CTK: &str = env!("CARGO_BIN_EXE_nvidia-ctk");
 /// What GPU containers run: the nodes they see, then the fake nvidia-smi.
-const GPU_SCRIPT: &str = "ls /dev; echo ---; nvidia-smi -L";
-
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cdi")
 }
@@ -92,31 +90,9 @@ impl World {
 
     /// Asserts that `stdout` of [`GPU_SCRIPT`] shows exactly GPU `index`.
     fn assert_sees_only(&self, stdout: &str, index: usize, what: &str) {
-        let (listing, smi) = stdout
-            .split_once("---\n")
-            .unwrap_or_else(|| panic!("{what}: unexpected output\n{stdout}"));
-        let mut nodes: Vec<&str> = listing
-            .split_whitespace()
-            .filter(|n| n.starts_with("nvidia"))
-            .collect();
-        nodes.sort();
-        let gpu_node = format!("nvidia{}", self.driver.gpus[index].minor);
         // nvidia-modeset: the spec's common edits hold every capability's
         // nodes (display included), whatever the container asks for.
-        let mut expected = vec![
-            gpu_node.as_str(),
-            "nvidia-modeset",
-            "nvidia-uvm",
-            "nvidia-uvm-tools",
-            "nvidiactl",
-        ];
-        expected.sort();
-        assert_eq!(nodes, expected, "{what}: /dev listing\n{stdout}");
-        assert_eq!(
-            smi,
-            self.driver.smi_output(&[index]),
-            "{what}: nvidia-smi -L"
-        );
+        assert_sees_only_gpu(&self.driver, stdout, index, &["nvidia-modeset"], what);
     }
 }
 

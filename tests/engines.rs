@@ -24,7 +24,6 @@ const HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
 const CTK: &str = env!("CARGO_BIN_EXE_nvidia-ctk");
 const NVIDIA_DOCKER: &str = env!("CARGO_BIN_EXE_nvidia-docker");
 /// What GPU containers run: the nodes they see, then the fake nvidia-smi.
-const GPU_SCRIPT: &str = "ls /dev; echo ---; nvidia-smi -L";
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The packages that hold the tools these tests run.
@@ -79,28 +78,7 @@ impl Gpus {
 
     /// Asserts that `stdout` of [`GPU_SCRIPT`] shows exactly GPU `index`.
     fn assert_sees_only(&self, stdout: &str, index: usize, what: &str) {
-        let (listing, smi) = stdout
-            .split_once("---\n")
-            .unwrap_or_else(|| panic!("{what}: unexpected output\n{stdout}"));
-        let mut nodes: Vec<&str> = listing
-            .split_whitespace()
-            .filter(|n| n.starts_with("nvidia"))
-            .collect();
-        nodes.sort();
-        let gpu_node = format!("nvidia{}", self.driver.gpus[index].minor);
-        let mut expected = vec![
-            gpu_node.as_str(),
-            "nvidia-uvm",
-            "nvidia-uvm-tools",
-            "nvidiactl",
-        ];
-        expected.sort();
-        assert_eq!(nodes, expected, "{what}: /dev listing\n{stdout}");
-        assert_eq!(
-            smi,
-            self.driver.smi_output(&[index]),
-            "{what}: nvidia-smi -L"
-        );
+        assert_sees_only_gpu(&self.driver, stdout, index, &[], what);
     }
 
     fn debug_log(&self) -> String {

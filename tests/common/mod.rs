@@ -1980,3 +1980,38 @@ pub fn command_output(mut command: Command) -> RunOutput {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// A container command that lists `/dev`, then runs `nvidia-smi -L`; see
+/// [`assert_sees_only_gpu`].
+pub const GPU_SCRIPT: &str = "ls /dev; echo ---; nvidia-smi -L";
+
+/// Asserts that `stdout` of [`GPU_SCRIPT`] shows exactly GPU `index` of
+/// `driver`: its node, the control and uvm nodes plus `extra_nodes`, and
+/// that GPU alone in `nvidia-smi -L`.
+pub fn assert_sees_only_gpu(
+    driver: &FakeDriver,
+    stdout: &str,
+    index: usize,
+    extra_nodes: &[&str],
+    what: &str,
+) {
+    let (listing, smi) = stdout
+        .split_once("---\n")
+        .unwrap_or_else(|| panic!("{what}: unexpected output\n{stdout}"));
+    let mut nodes: Vec<&str> = listing
+        .split_whitespace()
+        .filter(|n| n.starts_with("nvidia"))
+        .collect();
+    nodes.sort();
+    let gpu_node = format!("nvidia{}", driver.gpus[index].minor);
+    let mut expected = vec![
+        gpu_node.as_str(),
+        "nvidia-uvm",
+        "nvidia-uvm-tools",
+        "nvidiactl",
+    ];
+    expected.extend_from_slice(extra_nodes);
+    expected.sort();
+    assert_eq!(nodes, expected, "{what}: /dev listing\n{stdout}");
+    assert_eq!(smi, driver.smi_output(&[index]), "{what}: nvidia-smi -L");
+}
