@@ -357,6 +357,14 @@ pub fn scrub_loader_environment(args: &[OsString]) -> Result<(), HookError> {
         entry.extend_from_slice(value.as_bytes());
         env.push(to_cstring(&entry)?);
     }
+    // The working directory survives execve: change it first, so that the
+    // re-executed process is never seen with a scrubbed environment but the
+    // bundle dir runc started us in (harden_process changes it again, for
+    // the no-re-exec path).
+    nix::unistd::chdir("/").map_err(|source| HookError::Setup {
+        action: "change directory to /",
+        source,
+    })?;
     match nix::unistd::execve(c"/proc/self/exe", &argv, &env) {
         Ok(never) => match never {},
         Err(errno) => Err(fail(errno)),

@@ -609,16 +609,19 @@ fn other_stages_exit_zero_and_loader_variables_are_scrubbed() {
         .unwrap();
     let proc_dir = PathBuf::from(format!("/proc/{}", child.id()));
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (environ, maps) = loop {
+    // Wait for exactly what is asserted below: the re-executed process
+    // (scrubbed environment) sitting in "/". Each read is one observation of
+    // the live process; all three come from the same iteration.
+    let (environ, maps, cwd) = loop {
         let environ = fs::read(proc_dir.join("environ")).unwrap_or_default();
         let maps = fs::read_to_string(proc_dir.join("maps")).unwrap_or_default();
+        let cwd = fs::read_link(proc_dir.join("cwd")).unwrap_or_default();
         let scrubbed = !environ.is_empty() && !environ.windows(3).any(|w| w == b"LD_");
-        if scrubbed || Instant::now() > deadline {
-            break (environ, maps);
+        if (scrubbed && cwd == Path::new("/")) || Instant::now() > deadline {
+            break (environ, maps, cwd);
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let cwd = fs::read_link(proc_dir.join("cwd")).unwrap();
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
     let environ = String::from_utf8_lossy(&environ);
