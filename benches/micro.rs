@@ -9,13 +9,13 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use divan::{black_box, Bencher};
-use nvidia_container_runtime::argv;
 use nvidia_container_runtime::config::Config;
 use nvidia_container_runtime::driver::{self, DeviceNode};
 use nvidia_container_runtime::edits::{ContainerEdits, Hook, Mount, FILE_MOUNT_OPTIONS};
 use nvidia_container_runtime::ldcache::{CacheEntry, LdCache, FLAGS_X86_64_LIBC6};
+use nvidia_container_runtime::oci::patch;
 use nvidia_container_runtime::request::Request;
-use nvidia_container_runtime::spec;
+use nvidia_container_runtime::runtime::argv;
 use serde_json::{json, Value};
 
 fn main() {
@@ -254,7 +254,7 @@ fn spec_patch(bencher: Bencher, extra_env: usize) {
     let value = runc_spec(extra_env);
     let edits = one_gpu_edits();
     let path = Path::new("/bundle/config.json");
-    bencher.bench(|| spec::apply(black_box(&value), &edits, path).expect("patch"));
+    bencher.bench(|| patch::apply(black_box(&value), &edits, path).expect("patch"));
 }
 
 #[divan::bench(args = [0, 1000])]

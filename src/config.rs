@@ -213,7 +213,7 @@ impl Config {
             path: path.to_path_buf(),
             // toml's message spans several lines (it quotes the source); keep
             // it on one line so `docker run` shows it whole.
-            message: one_line(&error.to_string()),
+            message: crate::logging::one_line(&error.to_string()),
         })
     }
 
@@ -222,21 +222,39 @@ impl Config {
     /// that callers (and tests) decide where the environment comes from.
     pub fn load(env: impl Fn(&str) -> Option<String>) -> Result<(Config, Source), ConfigError> {
         for candidate in candidate_paths(&env) {
-            match std::fs::read_to_string(&candidate) {
-                Ok(text) => {
-                    let config = Config::parse(&text, &candidate)?;
-                    return Ok((config, Source::File(candidate)));
+            match Config::from_file(&candidate) {
+                Ok(config) => return Ok((config, Source::File(candidate))),
+                Err(ConfigError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(source) => {
-                    return Err(ConfigError::Read {
-                        path: candidate,
-                        source,
-                    })
-                }
+                Err(error) => return Err(error),
             }
         }
         Ok((Config::default(), Source::Defaults))
+    }
+
+    /// Reads and parses one config file: the one loader behind every
+    /// binary's `--config` and the search of [`Config::load`].
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The CDI spec dirs, in priority order (later overrides earlier).
+    pub fn cdi_spec_dirs(&self) -> Vec<PathBuf> {
+        self.nvidia_container_runtime
+            .modes
+            .cdi
+            .spec_dirs
+            .iter()
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .collect()
     }
 
     /// The driver root as a path (`""` means `/`).
@@ -307,16 +325,6 @@ pub fn candidate_paths(env: &impl Fn(&str) -> Option<String>) -> Vec<PathBuf> {
     }
     paths.push(PathBuf::from(SYSTEM_CONFIG_PATH));
     paths
-}
-
-/// Joins a multi-line message into one line.
-pub(crate) fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[cfg(test)]

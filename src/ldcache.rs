@@ -38,8 +38,14 @@
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
-/// `FLAG_ELF_LIBC6` from glibc's `ldconfig.h`: the low byte of an entry's
-/// flags is the library type; 3 means "ELF linked against glibc (libc6)".
+/// The low byte of an entry's flags is the library type, the next byte the
+/// architecture (0 = the host's default ABI, which on x86 hosts is i386);
+/// glibc's `ldconfig.h` and `dl-cache.h`.
+pub const FLAG_TYPE_MASK: i32 = 0x00ff;
+pub const FLAG_ARCH_MASK: i32 = 0xff00;
+/// `FLAG_ELF`: an ELF library that links no libc.
+pub const FLAG_ELF: i32 = 0x0001;
+/// `FLAG_ELF_LIBC6`: 3 means "ELF linked against glibc (libc6)".
 pub const FLAG_ELF_LIBC6: i32 = 0x0003;
 /// `FLAG_X8664_LIB64`: the high byte is the required ABI; 3 is x86-64.
 pub const FLAG_X8664_LIB64: i32 = 0x0300;

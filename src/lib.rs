@@ -1,29 +1,43 @@
 //! A GPU container runtime in front of runc.
 //!
-//! The data flows top-down through the modules: [`argv`] (what the engine
-//! asked) -> [`config`] -> [`request`] (what the container asks for) ->
-//! [`driver`] (what the host has) -> [`edits`] (what the container gets) ->
-//! [`spec`] (config.json patched) -> [`runtime`] (exec the real runtime).
-//! [`ldcache`], [`elf`], [`confined`] and [`atomic`] are the file-format, path
-//! and file-replacement helpers
-//! they share; [`logging`] reports errors the way engines read them.
+//! The data flows top-down, and every import points down this list of
+//! layers (a module may use its own layer's leaves and anything below):
+//!
+//! 1. `src/bin/*`: thin; parse argv, call the library, print the error
+//!    chain, exit.
+//! 2. The entry points: [`runtime`] (one invocation of the runtime: argv
+//!    scan, locating runc and the hook, the legacy/CDI mode, the patch,
+//!    then the exec), [`hook`] (one call of the prestart hook), [`ctk`]
+//!    (`nvidia-ctk`'s command line) and [`nvidia_docker`].
+//! 3. [`oci`]: the bundle's `config.json` (read, patch, write) and the OCI
+//!    state a hook reads.
+//! 4. [`edits`]: what a GPU container gets, as one model, and its
+//!    conversions (CDI specs generated, CDI edits resolved).
+//! 5. [`driver`]: what the host's driver offers (procfs, libraries, nodes,
+//!    lazy libcuda/NVML facts).
+//! 6. [`request`]: what the container asks for (env, mounts, annotations).
+//! 7. [`cdi`] (a CDI library that knows no GPU), [`config`] (config.toml)
+//!    and [`configure`] (the engines' configs).
+//! 8. Leaves: [`ldcache`], [`elf`], [`confined`], [`atomic`],
+//!    [`requirements`], [`logging`], and [`system`], the one seam for side
+//!    effects on a container or the host.
 
-pub mod argv;
-pub mod atomic;
 pub mod cdi;
 pub mod config;
 pub mod configure;
-pub mod confined;
 pub mod ctk;
 pub mod driver;
-pub mod driver_api;
 pub mod edits;
-pub mod elf;
 pub mod hook;
+pub mod nvidia_docker;
+pub mod oci;
+pub mod request;
+pub mod runtime;
+
+pub mod atomic;
+pub mod confined;
+pub mod elf;
 pub mod ldcache;
 pub mod logging;
-pub mod nvidia_docker;
-pub mod request;
 pub mod requirements;
-pub mod runtime;
-pub mod spec;
+pub mod system;

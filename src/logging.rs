@@ -86,7 +86,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         }
         source = cause.source();
     }
-    crate::config::one_line(&message)
+    one_line(&message)
 }
 
 /// Starts the `tracing` debug log to `path` (the config's `debug` key) at
@@ -115,6 +115,16 @@ pub fn init_debug_log(path: &str, level: &str) {
         .with_max_level(level)
         .with_ansi(false)
         .try_init();
+}
+
+/// Joins a multi-line message into one line.
+pub fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use nvidia_container_runtime::spec::BundleSpec;
+use nvidia_container_runtime::oci::BundleSpec;
 use serde_json::{json, Value};
 
 const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");

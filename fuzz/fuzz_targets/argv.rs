@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use libfuzzer_sys::fuzz_target;
-use nvidia_container_runtime::argv::{scan, Action};
+use nvidia_container_runtime::runtime::argv::{scan, Action};
 
 fuzz_target!(|data: &[u8]| {
     let argv: Vec<&OsStr> = std::iter::once(OsStr::new("nvidia-container-runtime"))

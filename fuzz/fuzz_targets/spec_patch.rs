@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use libfuzzer_sys::fuzz_target;
 use nvidia_container_runtime::driver::DeviceNode;
 use nvidia_container_runtime::edits::{ContainerEdits, Hook, Mount, HOOK_INJECTED_FLAG};
-use nvidia_container_runtime::spec::{apply, SpecError};
+use nvidia_container_runtime::oci::{patch::apply, SpecError};
 use serde_json::Value;
 
 fn edits() -> ContainerEdits {

@@ -3,8 +3,10 @@
 
 use std::ffi::OsString;
 
-use nvidia_container_runtime::hook::{self, HookArgs, Stage, State};
+use nvidia_container_runtime::hook::{self, HookArgs, Stage};
 use nvidia_container_runtime::logging;
+use nvidia_container_runtime::oci::State;
+use nvidia_container_runtime::system::RealSystem;
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -36,7 +38,7 @@ fn run(args: &[OsString]) -> Result<(), hook::HookError> {
         &config.nvidia_container_runtime.log_level,
     );
     tracing::debug!(id = %state.id, pid = state.pid, bundle = %state.bundle.display(), "prestart hook");
-    let report = hook::prestart(&args, &state, &config)?;
+    let report = hook::prestart(&args, &state, &config, &RealSystem)?;
     tracing::info!(?report, "prestart hook done");
     Ok(())
 }

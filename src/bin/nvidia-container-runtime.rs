@@ -5,7 +5,8 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
-use nvidia_container_runtime::{argv, config::Config, logging, runtime};
+use nvidia_container_runtime::runtime::{self, argv};
+use nvidia_container_runtime::{config::Config, logging};
 
 fn main() {
     let args = argv::collect_args();
@@ -36,13 +37,7 @@ fn main() {
         Err(error) => {
             let message = logging::error_chain(&error);
             tracing::error!("{message}");
-            logging::write_runtime_log(
-                invocation.log_path.as_deref(),
-                invocation.log_is_json(),
-                &message,
-            );
-            eprintln!("nvidia-container-runtime: {message}");
-            std::process::exit(1);
+            fail(&invocation, &message)
         }
     };
 
@@ -81,10 +76,17 @@ fn exec(prepared: &runtime::Prepared, invocation: &argv::Invocation) -> ! {
             message.push_str(&format!("; {}", logging::error_chain(&restore)));
         }
     }
+    fail(invocation, &message)
+}
+
+/// Reports a failure before the real runtime ran the way engines read it
+/// (the `--log` file, which containerd shows the user, and stderr) and
+/// exits 1.
+fn fail(invocation: &argv::Invocation, message: &str) -> ! {
     logging::write_runtime_log(
         invocation.log_path.as_deref(),
         invocation.log_is_json(),
-        &message,
+        message,
     );
     eprintln!("nvidia-container-runtime: {message}");
     std::process::exit(1);

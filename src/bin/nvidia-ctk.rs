@@ -9,15 +9,16 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use nvidia_container_runtime::cdi::{self, Format, GenerateOptions, NameStrategy, Registry};
+use nvidia_container_runtime::cdi::{self, Format, Registry};
 use nvidia_container_runtime::config::{Config, Source};
 use nvidia_container_runtime::configure::{self, Applied, Options};
 use nvidia_container_runtime::ctk::{
     CdiCommand, Cli, Command, ConfigureArgs, FormatArg, GenerateArgs, ListArgs, RuntimeCommand,
     StrategyArg,
 };
-use nvidia_container_runtime::driver::Driver;
-use nvidia_container_runtime::runtime::{find_hook, lookup_executable, roots};
+use nvidia_container_runtime::driver::{Driver, Roots};
+use nvidia_container_runtime::edits::{self, GenerateOptions, NameStrategy};
+use nvidia_container_runtime::runtime::{find_hook, lookup_executable};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -131,14 +132,7 @@ fn installed_runtime() -> PathBuf {
 /// The config named by `--config`, else the runtime's usual lookup.
 fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Source)> {
     match path {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config file {}", path.display()))?;
-            Ok((
-                Config::parse(&text, path)?,
-                Source::File(path.to_path_buf()),
-            ))
-        }
+        Some(path) => Ok((Config::from_file(path)?, Source::File(path.to_path_buf()))),
         None => Ok(Config::load(|key| std::env::var(key).ok())?),
     }
 }
@@ -162,7 +156,7 @@ fn cdi_generate(args: GenerateArgs) -> anyhow::Result<()> {
         std::env::var("PATH").ok().as_deref(),
         &self_exe,
     )?;
-    let driver = Driver::discover(roots(&config))?;
+    let driver = Driver::discover(Roots::from_config(&config))?;
     let options = GenerateOptions {
         vendor: args.vendor,
         class: args.class,
@@ -173,7 +167,7 @@ fn cdi_generate(args: GenerateArgs) -> anyhow::Result<()> {
         },
         hook,
     };
-    let spec = cdi::generate(&driver, &config, &options)?;
+    let spec = edits::generate(&driver, &config, &options)?;
     let format = match (args.format, &args.output) {
         (Some(FormatArg::Yaml), _) => Format::Yaml,
         (Some(FormatArg::Json), _) => Format::Json,
@@ -206,7 +200,7 @@ fn cdi_generate(args: GenerateArgs) -> anyhow::Result<()> {
 
 fn cdi_list(args: ListArgs) -> anyhow::Result<()> {
     let dirs = if args.spec_dir.is_empty() {
-        cdi::spec_dirs(&load_config(args.config.as_deref())?.0)
+        load_config(args.config.as_deref())?.0.cdi_spec_dirs()
     } else {
         args.spec_dir
     };

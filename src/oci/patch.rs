@@ -1,5 +1,4 @@
-//! The bundle's `config.json`: read it, apply [`ContainerEdits`], write it
-//! back atomically.
+//! [`apply`]: [`ContainerEdits`] written into a `config.json` value.
 //!
 //! The spec is patched as a `serde_json::Value` with `preserve_order`, never
 //! round-tripped through typed structs: typed OCI structs drop fields they do
@@ -9,8 +8,7 @@
 //! rule, mounts replace by container path, hooks are appended. Applying the
 //! same edits twice gives the same document as applying them once.
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType};
 use serde_json::{json, Map, Value};
@@ -18,176 +16,12 @@ use serde_json::{json, Map, Value};
 use crate::driver::DeviceNode;
 use crate::edits::{ContainerEdits, Hook, Mount};
 
+use super::{kind_name, SpecError};
+
 /// Hook binaries that docker's `--gpus` adds as a prestart hook (contract.md
 /// §2). When we handle the container we inject ourselves, so theirs goes.
 pub const DOCKER_GPU_HOOK_NAMES: &[&str] =
     &["nvidia-container-runtime-hook", "nvidia-container-toolkit"];
-
-#[derive(Debug, thiserror::Error)]
-pub enum SpecError {
-    #[error("cannot read {path}: {source}: is the bundle directory right?")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid JSON ({message}): the engine wrote a broken bundle; recreate the container")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {field} must be {expected}, but it is {found}: fix the container's spec")]
-    Shape {
-        path: PathBuf,
-        field: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    #[error("cannot write {path}: {source}; the original config.json was left as it was")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// A `config.json` as read from disk.
-#[derive(Debug, Clone)]
-pub struct BundleSpec {
-    pub path: PathBuf,
-    pub value: Value,
-    pub mode: u32,
-}
-
-fn kind_name(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A `config.json` as bytes, before parsing: enough to decide that a
-/// container asks for nothing, and to put the file back as it was.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawSpec {
-    pub path: PathBuf,
-    pub bytes: Vec<u8>,
-    pub mode: u32,
-}
-
-impl RawSpec {
-    /// Reads `<bundle>/config.json` whole.
-    pub fn read(bundle: &Path) -> Result<RawSpec, SpecError> {
-        let path = bundle.join("config.json");
-        let read_error = |source| SpecError::Read {
-            path: path.clone(),
-            source,
-        };
-        // O_NONBLOCK: a FIFO put where config.json should be would block a
-        // plain open(2) forever, and the engine waiting on us with it. Only
-        // a regular file is read (a device or FIFO is never a spec).
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(read_error)?;
-        let metadata = file.metadata().map_err(read_error)?;
-        if !metadata.is_file() {
-            return Err(read_error(std::io::Error::other(
-                "it is not a regular file (a FIFO, device or socket)",
-            )));
-        }
-        let mode = metadata.permissions().mode() & 0o7777;
-        // Read whole, then parse the slice: serde_json's reader path goes
-        // byte by byte through `io::Read`; the parse of a one-GPU create fell
-        // from 538k to 356k instructions (issue 8, BENCHMARKS.md).
-        let mut bytes = Vec::with_capacity(metadata.len() as usize);
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(read_error)?;
-        Ok(RawSpec { path, bytes, mode })
-    }
-
-    /// Parses the bytes into a [`BundleSpec`].
-    pub fn parse(&self) -> Result<BundleSpec, SpecError> {
-        let value: Value =
-            serde_json::from_slice(&self.bytes).map_err(|error| SpecError::Parse {
-                path: self.path.clone(),
-                message: error.to_string(),
-            })?;
-        if !value.is_object() {
-            return Err(SpecError::Shape {
-                path: self.path.clone(),
-                field: "the document".into(),
-                expected: "an object",
-                found: kind_name(&value),
-            });
-        }
-        Ok(BundleSpec {
-            path: self.path.clone(),
-            value,
-            mode: self.mode,
-        })
-    }
-
-    /// Puts the original bytes back, atomically (the runtime could not be
-    /// exec'd after the patch: leave the bundle as the engine wrote it).
-    pub fn restore(&self) -> Result<(), SpecError> {
-        write_bytes_atomically(&self.path, &self.bytes, self.mode)
-    }
-}
-
-impl BundleSpec {
-    /// Reads and parses `<bundle>/config.json`.
-    pub fn read(bundle: &Path) -> Result<BundleSpec, SpecError> {
-        RawSpec::read(bundle)?.parse()
-    }
-
-    /// The rootfs directory on the host (`root.path`, relative to the bundle).
-    pub fn rootfs(&self) -> PathBuf {
-        let root = self
-            .value
-            .pointer("/root/path")
-            .and_then(Value::as_str)
-            .unwrap_or("rootfs");
-        let bundle = self.path.parent().unwrap_or(Path::new("."));
-        bundle.join(root)
-    }
-
-    /// Writes `value` atomically: a temp file in the bundle dir, fsync,
-    /// rename over `config.json`; same mode as before. On any failure the
-    /// temp file is removed and the original is untouched.
-    ///
-    /// The file is fsynced before the rename so that even a power loss never
-    /// leaves a `config.json` that names a complete file with incomplete
-    /// data (ext4 and xfs may otherwise persist the rename first). The
-    /// directory is not fsynced: losing the rename itself leaves the old,
-    /// complete document, which is what a crash before the rename does too.
-    /// Engines keep bundles on tmpfs (`/run/...`), where fsync costs nothing;
-    /// on a disk-backed bundle it is the biggest single cost of a `create`
-    /// (BENCHMARKS.md).
-    pub fn write(&self, value: &Value) -> Result<(), SpecError> {
-        let bytes = serde_json::to_vec(value).map_err(|source| SpecError::Write {
-            path: self.path.clone(),
-            source: std::io::Error::other(source),
-        })?;
-        write_bytes_atomically(&self.path, &bytes, self.mode)
-    }
-}
-
-/// Temp file next to `path`, fsync, rename over `path` (see
-/// [`BundleSpec::write`]); the temp file is removed on any failure.
-fn write_bytes_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SpecError> {
-    let options = crate::atomic::Options {
-        mode,
-        owner: None,
-        // See BundleSpec::write: losing the rename leaves the old document.
-        sync_dir: false,
-    };
-    crate::atomic::write(path, bytes, &options).map_err(|source| SpecError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// Applies edits to a spec. Shape errors name the field; the document is
 /// only modified when every shape check passed (we work on a copy).
@@ -378,6 +212,7 @@ fn hook_json(hook: &Hook) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn node(path: &str, minor: u64) -> DeviceNode {
         DeviceNode {

@@ -1,4 +1,5 @@
-//! The facts procfs does not have, from the driver's own libraries.
+//! The facts procfs does not have, from the driver's own libraries (today's
+//! only `dlopen` of host libraries).
 //!
 //! The CUDA version the driver supports comes from `cuDriverGetVersion` in
 //! the driver root's libcuda; a GPU's compute capability and brand from NVML
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nix::libc;
 
-use crate::driver::Driver;
+use super::Driver;
 use crate::request::{Capabilities, Capability};
 use crate::requirements::Facts;
 
@@ -378,6 +379,24 @@ impl<'a> HostFacts<'a> {
             *slot = Some(facts.clone());
         }
         Ok(facts)
+    }
+}
+
+/// How MIG devices are looked up (NVML, loaded lazily, in the runtime).
+pub trait MigLookup {
+    /// A MIG device by its `MIG-...` UUID.
+    fn mig_by_uuid(&mut self, uuid: &str) -> Result<MigInfo, String>;
+    /// The MIG device at `index` of the GPU with `parent_uuid`; `Ok(None)`
+    /// when there is none at that index.
+    fn mig_by_index(&mut self, parent_uuid: &str, index: u32) -> Result<Option<MigInfo>, String>;
+}
+
+impl MigLookup for HostFacts<'_> {
+    fn mig_by_uuid(&mut self, uuid: &str) -> Result<MigInfo, String> {
+        HostFacts::mig_by_uuid(self, uuid)
+    }
+    fn mig_by_index(&mut self, parent_uuid: &str, index: u32) -> Result<Option<MigInfo>, String> {
+        HostFacts::mig_by_index(self, parent_uuid, index)
     }
 }
 

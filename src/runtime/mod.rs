@@ -4,19 +4,28 @@
 //! bundle's config.json -> request -> driver discovery -> edits -> patch and
 //! write) -> exec. Everything before the exec either succeeds or leaves the
 //! bundle untouched and the real runtime unstarted (contract.md §5).
+//!
+//! [`argv`] scans what the engine asked, [`locate`] finds the real runtime
+//! and our hook, [`mode`] decides between the legacy path and CDI. This
+//! module orchestrates: every call from here goes down a layer.
 
 use std::ffi::OsString;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::argv::{Action, ArgvError, Invocation};
 use crate::config::{Config, ConfigError, Source};
-use crate::driver::{Driver, Roots};
-use crate::driver_api::HostFacts;
+use crate::driver::{Driver, HostFacts, Roots};
 use crate::edits::{select_devices, ContainerEdits, EditsError, HookSettings, LibraryDirs};
+use crate::oci::{RawSpec, SpecError};
 use crate::request::{Request, RequestError};
 use crate::requirements::RequirementError;
-use crate::spec::{RawSpec, SpecError};
+
+pub mod argv;
+pub mod locate;
+pub mod mode;
+
+use argv::{Action, ArgvError, Invocation};
+pub use locate::{find_hook, find_runtime, lookup_executable};
+use mode::{ModeError, Route};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -42,6 +51,8 @@ pub enum RuntimeError {
     Requirement(#[from] RequirementError),
     #[error(transparent)]
     Cdi(#[from] crate::cdi::CdiError),
+    #[error(transparent)]
+    Mode(#[from] ModeError),
     #[error("the GPU prestart hook \"{name}\" was not found next to {self_dir} or on PATH: install nvidia-container-runtime-hook, or set path in [nvidia-container-runtime-hook] of config.toml")]
     NoHook { name: String, self_dir: PathBuf },
     #[error("cannot determine the working directory (the default bundle): {0}")]
@@ -61,105 +72,6 @@ pub struct Prepared {
     /// `Some` when config.json was rewritten: its original, to put back if
     /// the real runtime cannot be exec'd after all.
     pub patched: Option<RawSpec>,
-}
-
-/// Standard dirs searched after PATH, as runc's own users expect a runtime to
-/// be found even under a minimal PATH (containerd-shim's environment).
-const STANDARD_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/local/bin",
-    "/usr/sbin",
-    "/usr/bin",
-    "/sbin",
-    "/bin",
-];
-
-/// Finds the real runtime: the first candidate that exists. A candidate that
-/// is this very program (a `runc` symlink pointing back at us) is an error:
-/// exec'ing it would recurse forever.
-pub fn find_runtime(
-    candidates: &[String],
-    path_env: Option<&str>,
-    self_exe: &Path,
-) -> Result<PathBuf, RuntimeError> {
-    let self_id = std::fs::metadata(self_exe).ok().map(|m| (m.dev(), m.ino()));
-    for candidate in candidates.iter().filter(|c| !c.is_empty()) {
-        let Some(found) = lookup_executable(candidate, path_env) else {
-            tracing::debug!("runtime candidate {candidate} not found");
-            continue;
-        };
-        let found_id = std::fs::metadata(&found).ok().map(|m| (m.dev(), m.ino()));
-        if found_id.is_some() && found_id == self_id {
-            return Err(RuntimeError::RuntimeIsSelf {
-                candidate: candidate.clone(),
-                path: found,
-            });
-        }
-        return Ok(found);
-    }
-    Err(RuntimeError::NoRuntime {
-        candidates: candidates.join(", "),
-    })
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-}
-
-/// An absolute path as is; a name searched on PATH, then the standard dirs.
-pub fn lookup_executable(name: &str, path_env: Option<&str>) -> Option<PathBuf> {
-    if name.contains('/') {
-        let path = PathBuf::from(name);
-        return is_executable_file(&path).then_some(path);
-    }
-    path_env
-        .unwrap_or("")
-        .split(':')
-        .filter(|dir| !dir.is_empty())
-        .chain(STANDARD_DIRS.iter().copied())
-        .map(|dir| Path::new(dir).join(name))
-        .find(|path| is_executable_file(path))
-}
-
-/// The configured roots.
-pub fn roots(config: &Config) -> Roots {
-    Roots {
-        driver_root: config.driver_root(),
-        dev_root: config.dev_root(),
-        proc_root: config.proc_root(),
-        sys_root: config.sys_root(),
-    }
-}
-
-/// Finds our hook binary: an absolute `path` as is, else the name next to
-/// this executable (a package installs both in one dir), else on PATH.
-pub fn find_hook(
-    config: &Config,
-    source: &Source,
-    path_env: Option<&str>,
-    self_exe: &Path,
-) -> Result<HookSettings, RuntimeError> {
-    let name = &config.nvidia_container_runtime_hook.path;
-    let self_dir = self_exe.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let beside_us = || {
-        let candidate = self_dir.join(name);
-        (!name.contains('/') && is_executable_file(&candidate)).then_some(candidate)
-    };
-    let path = beside_us()
-        .or_else(|| lookup_executable(name, path_env))
-        .ok_or_else(|| RuntimeError::NoHook {
-            name: name.clone(),
-            self_dir: self_dir.clone(),
-        })?;
-    Ok(HookSettings {
-        path,
-        // The hook chdirs to / before reading it: a relative path (from
-        // a relative NVIDIA_CTK_CONFIG_FILE_PATH) must be made absolute here.
-        config_path: match source {
-            Source::File(path) => Some(std::path::absolute(path).unwrap_or_else(|_| path.clone())),
-            Source::Defaults => None,
-        },
-    })
 }
 
 /// Reads the bundle's spec and, for a GPU container, writes the patched
@@ -201,11 +113,11 @@ pub fn modify_bundle(
     );
     // CDI mode (or auto with CDI names): the edits come from the spec dirs,
     // not from driver discovery.
-    match crate::cdi::plan(config, &request)? {
-        crate::cdi::Plan::Legacy => {}
-        crate::cdi::Plan::Untouched => return Ok(None),
-        crate::cdi::Plan::Inject(names) => {
-            let patched = crate::cdi::inject(config, &names, &spec.value, &spec.path)?;
+    match mode::route(config, &request)? {
+        Route::Legacy => {}
+        Route::Untouched => return Ok(None),
+        Route::Cdi(names) => {
+            let patched = mode::apply_cdi(config, &names, &spec.value, &spec.path)?;
             if patched == spec.value {
                 return Ok(None);
             }
@@ -213,7 +125,7 @@ pub fn modify_bundle(
             return Ok(Some(raw));
         }
     }
-    let driver = Driver::discover(roots(config)).map_err(EditsError::from)?;
+    let driver = Driver::discover(Roots::from_config(config)).map_err(EditsError::from)?;
     // NVML and libcuda are loaded only if a MIG device or a requirement
     // term asks for them.
     let mut facts = HostFacts::new(&driver);
@@ -229,7 +141,7 @@ pub fn modify_bundle(
     let hook = hook()?;
     let edits =
         ContainerEdits::for_request(&driver, &request, &selection, &library_dirs, Some(&hook))?;
-    let patched = crate::spec::apply(&spec.value, &edits, &spec.path)?;
+    let patched = crate::oci::patch::apply(&spec.value, &edits, &spec.path)?;
     if patched == spec.value {
         tracing::debug!("{}: already patched; not rewritten", spec.path.display());
         return Ok(None);
@@ -290,35 +202,4 @@ pub fn version_banner() -> String {
         "NVIDIA Container Runtime version {} (rust)\nspec: 1.2.0\n\n",
         env!("CARGO_PKG_VERSION")
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lookup_prefers_path_then_standard_dirs() {
-        assert_eq!(
-            lookup_executable("sh", Some("")),
-            Some(PathBuf::from("/usr/bin/sh"))
-        );
-        assert_eq!(lookup_executable("definitely-not-here-xyz", None), None);
-        assert_eq!(
-            lookup_executable("/bin/sh", None),
-            Some(PathBuf::from("/bin/sh"))
-        );
-        assert_eq!(lookup_executable("/nonexistent/runc", None), None);
-    }
-
-    #[test]
-    fn self_is_refused_and_missing_is_explained() {
-        let sh = lookup_executable("sh", None).unwrap();
-        let error = find_runtime(&["sh".into()], None, &sh).unwrap_err();
-        assert!(
-            matches!(error, RuntimeError::RuntimeIsSelf { .. }),
-            "{error}"
-        );
-        let error = find_runtime(&["nope-1".into(), "nope-2".into()], None, &sh).unwrap_err();
-        assert!(error.to_string().contains("nope-1, nope-2"), "{error}");
-    }
 }
