@@ -293,16 +293,7 @@ fn podman_runs_a_container_with_the_generated_spec() {
             .stdin(Stdio::null());
         cmd
     };
-    // podman keeps storage/overlay bind-mounted: `system reset` undoes it,
-    // also when an assertion below fails, so the temp dir can go.
-    struct Reset<F: Fn(&[&str]) -> Command>(F);
-    impl<F: Fn(&[&str]) -> Command> Drop for Reset<F> {
-        fn drop(&mut self) {
-            let mut reset = (self.0)(&["system", "reset", "--force"]);
-            let _ = reset.stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
-    }
-    let _reset = Reset(&podman);
+    let _reset = PodmanReset(&podman);
     let rootfs = build_rootfs(&dir.join("image"), RootfsKind::Glibc { ldconfig: false });
     let tar = dir.join("image/rootfs.tar");
     let status = Command::new("tar")

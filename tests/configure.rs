@@ -5,11 +5,11 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::TempDir;
+use common::{file_snapshot, TempDir};
 
 const CTK: &str = env!("CARGO_BIN_EXE_nvidia-ctk");
 const RUNTIME_PATH: &str = "/usr/bin/nvidia-container-runtime";
@@ -70,13 +70,7 @@ fn assert_golden(name: &str, actual: &str, dir: &Path) {
     );
 }
 
-/// A file's bytes and mtime, to prove that something did not write it.
 type Snapshot = Option<(Vec<u8>, i64, i64)>;
-
-fn snapshot(path: &Path) -> Snapshot {
-    let meta = fs::metadata(path).ok()?;
-    Some((fs::read(path).ok()?, meta.mtime(), meta.mtime_nsec()))
-}
 
 /// Every file under `dir` with its snapshot, sorted.
 fn tree(dir: &Path) -> Vec<(PathBuf, Snapshot)> {
@@ -88,7 +82,7 @@ fn tree(dir: &Path) -> Vec<(PathBuf, Snapshot)> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                out.push((path.clone(), snapshot(&path)));
+                out.push((path.clone(), file_snapshot(&path)));
             }
         }
     }

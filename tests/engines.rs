@@ -967,16 +967,7 @@ fn podman_end_to_end() {
         }
         cmd
     };
-    // podman keeps storage/overlay bind-mounted: `system reset` undoes it,
-    // also when an assertion below fails, so the temp dir can go.
-    struct Reset<F: Fn(&[&str]) -> Command>(F);
-    impl<F: Fn(&[&str]) -> Command> Drop for Reset<F> {
-        fn drop(&mut self) {
-            let mut reset = (self.0)(&["system", "reset", "--force"]);
-            let _ = reset.stdout(Stdio::null()).stderr(Stdio::null()).status();
-        }
-    }
-    let _reset = Reset(&podman);
+    let _reset = PodmanReset(&podman);
     let image_tar = rootfs_tar(dir, RootfsKind::Glibc { ldconfig: false });
     run(&mut podman(&[
         "import",

@@ -6,22 +6,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn ldconfig_print(cache: &Path) -> String {
-    let out = Command::new("ldconfig")
-        .arg("-p")
-        .arg("-C")
-        .arg(cache)
-        .output()
-        .expect("run ldconfig -p");
-    assert!(
-        out.status.success(),
-        "ldconfig -p -C {}: {:?}",
-        cache.display(),
-        out
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn fake_driver_layout_and_ld_cache() {
     if !require_root() {

@@ -21,26 +21,10 @@ const HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
 /// argv[0] of the hook, as the hook entries' args give it.
 const ARG0: &str = "nvidia-container-runtime-hook";
 
-/// A fake driver, its config.toml and a state dir, in one temp dir.
-struct Setup {
-    tmp: TempDir,
-    driver: FakeDriver,
-    config: PathBuf,
-    state: PathBuf,
-}
-
-impl Setup {
-    fn new(prefix: &str) -> Setup {
-        let tmp = TempDir::new(prefix);
-        let driver = FakeDriver::build(&tmp.path().join("driver"), &FakeDriverOptions::two_gpus());
-        let config = driver.write_config(&tmp.path().join("config.toml"), "");
-        let state = tmp.path().join("state");
-        Setup {
-            tmp,
-            driver,
-            config,
-            state,
-        }
+impl World {
+    /// Two fake GPUs, the default config.
+    fn new(prefix: &str) -> World {
+        World::build(prefix, &FakeDriverOptions::two_gpus(), "", "")
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -57,22 +41,15 @@ impl Setup {
         Bundle::new(&self.dir(name), kind, args, &all_env)
     }
 
-    fn runtime_env(&self) -> [(&str, &str); 1] {
-        [(
-            "NVIDIA_CTK_CONFIG_FILE_PATH",
-            self.config.to_str().expect("UTF-8 temp path"),
-        )]
-    }
-
     /// `nvidia-container-runtime run`; on failure the message carries the
     /// runtime's (and the hook's) debug log.
     fn run(&self, bundle: &Bundle, prefix: &str) -> RunOutput {
         run_container(
             Path::new(RUNTIME),
-            &self.state,
+            &self.state_root,
             bundle,
             &unique_id(prefix),
-            &self.runtime_env(),
+            &self.config_env(),
         )
     }
 
@@ -93,21 +70,6 @@ impl Setup {
     }
 }
 
-fn ldconfig_print(cache: &Path) -> String {
-    let out = Command::new("ldconfig")
-        .arg("-p")
-        .arg("-C")
-        .arg(cache)
-        .output()
-        .expect("run ldconfig -p");
-    assert!(
-        out.status.success(),
-        "ldconfig -p -C {}: {out:?}",
-        cache.display()
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn injected_line(soname: &str, lib_dir: &str) -> String {
     format!("{soname} (libc6,x86-64) => {lib_dir}/{soname}")
 }
@@ -117,7 +79,7 @@ fn glibc_image_with_ldconfig_lists_injected_libraries() {
     if !require_root() {
         return;
     }
-    let setup = Setup::new("hook-ldconfig");
+    let setup = World::new("hook-ldconfig");
     let script = "ldconfig -p; echo ---; nvidia-smi -L; echo ---; use-image-lib";
     let bundle = setup.gpu_bundle(
         "b",
@@ -176,7 +138,7 @@ fn images_without_ldconfig_and_busybox_start() {
     if !require_root() {
         return;
     }
-    let setup = Setup::new("hook-plain");
+    let setup = World::new("hook-plain");
 
     // glibc without ldconfig or ld.so.cache: the hook writes a cache of the
     // injected libraries; nvidia-smi (glibc) runs.
@@ -266,7 +228,7 @@ fn nvidiascape_image_ld_preload_never_reaches_the_hook() {
     if !require_root() {
         return;
     }
-    let setup = Setup::new("hook-nvscape");
+    let setup = World::new("hook-nvscape");
     let host_dir = TempDir::new("hook-nvscape-host");
     let marker = host_dir.path().join("pwned");
     let evil = setup.dir("evil.so");
@@ -299,10 +261,10 @@ fn nvidiascape_image_ld_preload_never_reaches_the_hook() {
         fs::copy(&evil, bundle.dir.join("evil.so")).unwrap();
         let out = create_start_delete(
             Path::new(RUNTIME),
-            &setup.state,
+            &setup.state_root,
             &bundle,
             &unique_id("nvscape"),
-            &setup.runtime_env(),
+            &setup.config_env(),
         );
         setup.assert_ran(&out, &format!("container with {env}"));
         assert_eq!(out.stdout, setup.driver.smi_output(&[0]), "{out:?}");
@@ -333,34 +295,6 @@ fn nvidiascape_image_ld_preload_never_reaches_the_hook() {
     }
 }
 
-/// Every entry under `dir`: relative path -> kind, content or link target,
-/// and permission bits.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        for entry in fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let mode = meta.permissions().mode() & 0o7777;
-            let relative = path.strip_prefix(root).unwrap().to_path_buf();
-            let kind = meta.file_type();
-            let description = if kind.is_symlink() {
-                format!("link {:?}", fs::read_link(&path).unwrap())
-            } else if kind.is_dir() {
-                walk(root, &path, out);
-                format!("dir {mode:o}")
-            } else if kind.is_file() {
-                format!("file {mode:o} {:?}", fs::read(&path).unwrap())
-            } else {
-                format!("other {mode:o}")
-            };
-            out.insert(relative, description);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 /// `../` enough times to climb out of any rootfs, then `target`.
 fn dotdot(target: &Path) -> PathBuf {
     PathBuf::from(format!("{}{}", "../".repeat(24), target.display()).replace("//", "/"))
@@ -371,13 +305,13 @@ fn image_symlinks_never_reach_the_host() {
     if !require_root() {
         return;
     }
-    let setup = Setup::new("hook-escape");
+    let setup = World::new("hook-escape");
     let host = TempDir::new("hook-escape-host");
     fs::write(host.path().join("canary.txt"), "host file\n").unwrap();
     fs::write(host.path().join("ld.so.cache"), "the host's own cache\n").unwrap();
     fs::create_dir_all(host.path().join("nvidia")).unwrap();
     fs::write(host.path().join("nvidia/params"), "ModifyDeviceFiles: 1\n").unwrap();
-    let before = snapshot(host.path());
+    let before = tree_snapshot(host.path());
 
     // (what the image replaces, the link's target), each absolute and `..`.
     let host_cache = host.path().join("ld.so.cache");
@@ -423,7 +357,7 @@ fn image_symlinks_never_reach_the_host() {
             eprintln!("{what}: refused: {message}");
         }
         assert_eq!(
-            snapshot(host.path()),
+            tree_snapshot(host.path()),
             before,
             "{what}: the host dir changed"
         );
@@ -459,7 +393,7 @@ fn image_symlinks_never_reach_the_host() {
 
 /// `(name -> content)` of the regular files under `dir`, recursively.
 fn files_under(dir: &Path) -> BTreeMap<String, String> {
-    snapshot(dir)
+    tree_snapshot(dir)
         .into_iter()
         .filter(|(_, d)| d.starts_with("file"))
         .map(|(path, _)| {
@@ -697,7 +631,7 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
     if require_tool("unshare").is_none() {
         return;
     }
-    let setup = Setup::new("hook-maskns");
+    let setup = World::new("hook-maskns");
     let bundle = setup.dir("bundle");
     let rootfs = bundle.join("rootfs");
     let visible = rootfs.join("proc/driver/nvidia");
@@ -711,7 +645,7 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
             .to_string(),
     )
     .unwrap();
-    let before = snapshot(&rootfs.join("proc"));
+    let before = tree_snapshot(&rootfs.join("proc"));
 
     let mut init = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sleep", "30"])
@@ -798,7 +732,7 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
     );
     // The host's view of the rootfs is untouched: the tmpfs exists only in
     // the container's namespace.
-    assert_eq!(snapshot(&rootfs.join("proc")), before);
+    assert_eq!(tree_snapshot(&rootfs.join("proc")), before);
     // The cache went to the rootfs' /etc.
     let listing = ldconfig_print(&rootfs.join("etc/ld.so.cache"));
     assert!(
@@ -821,7 +755,7 @@ fn measure_hook_cost() {
         return;
     }
     const RUNS: usize = 30;
-    let setup = Setup::new("hook-measure");
+    let setup = World::new("hook-measure");
     let runc = runc_path();
     let bundle = setup.gpu_bundle("with", RootfsKind::Glibc { ldconfig: true }, &["true"], &[]);
     setup.assert_ran(&setup.run(&bundle, "warm"), "warm-up run");
@@ -851,10 +785,10 @@ fn measure_hook_cost() {
     for _ in 0..RUNS {
         runtime.push(time(&|| setup.run(&bundle, "m")));
         hooked.push(time(&|| {
-            run_container(&runc, &setup.state, &bundle, &unique_id("m"), &[])
+            run_container(&runc, &setup.state_root, &bundle, &unique_id("m"), &[])
         }));
         bare.push(time(&|| {
-            run_container(&runc, &setup.state, &without, &unique_id("m"), &[])
+            run_container(&runc, &setup.state_root, &without, &unique_id("m"), &[])
         }));
     }
     let (runtime, hooked, bare) = (median(runtime), median(hooked), median(bare));

@@ -68,18 +68,7 @@ impl World {
             .stderr(fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let status = wait_with_deadline(&mut child, timeout)?;
         Some(RunOutput {
             status: status.code().unwrap_or(-1),
             stdout: fs::read_to_string(&stdout).unwrap_or_default(),
@@ -221,37 +210,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
     }
-}
-
-/// Every entry under `dir`: relative path -> kind, content or link target,
-/// and permission bits.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let mode = meta.permissions().mode() & 0o7777;
-            let relative = path.strip_prefix(root).unwrap().to_path_buf();
-            let kind = meta.file_type();
-            let description = if kind.is_symlink() {
-                format!("link {:?}", fs::read_link(&path).unwrap())
-            } else if kind.is_dir() {
-                walk(root, &path, out);
-                format!("dir {mode:o}")
-            } else if kind.is_file() {
-                format!("file {mode:o} {:?}", fs::read(&path).unwrap())
-            } else {
-                format!("other {mode:o}")
-            };
-            out.insert(relative, description);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
 }
 
 // ---------------------------------------------------------------------------
@@ -953,7 +911,7 @@ fn injected_paths_made_symlinks_to_the_host_never_reach_it() {
     // does not exist (must not be created, CVE-2024-0133).
     let host = TempDir::new("rel-links-host");
     fs::write(host.path().join("canary"), "host\n").unwrap();
-    let decoy_before = snapshot(host.path());
+    let decoy_before = tree_snapshot(host.path());
     let missing = host.path().join("missing");
     let mut cases = 0;
     let mut refused = 0;
@@ -1021,7 +979,7 @@ fn injected_paths_made_symlinks_to_the_host_never_reach_it() {
                 );
             }
             assert_eq!(
-                snapshot(host.path()),
+                tree_snapshot(host.path()),
                 decoy_before,
                 "{what}: the host decoy changed"
             );

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 
@@ -14,45 +14,35 @@ const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
 /// The requirement string of nvidia/cuda:12.6.x images.
 const CUDA_12_6_IMAGE: &str = "cuda>=12.6 brand=unknown,driver>=470,driver<471 brand=grid,driver>=470,driver<471 brand=tesla,driver>=470,driver<471 brand=nvidia,driver>=470,driver<471 brand=quadro,driver>=470,driver<471 brand=quadrortx,driver>=470,driver<471 brand=nvidiartx,driver>=470,driver<471 brand=vapps,driver>=470,driver<471 brand=vpc,driver>=470,driver<471 brand=vcs,driver>=470,driver<471 brand=vws,driver>=470,driver<471 brand=cloudgaming,driver>=470,driver<471 brand=unknown,driver>=535,driver<536 brand=geforce,driver>=535,driver<536";
 
-struct Setup {
-    tmp: TempDir,
-    driver: FakeDriver,
-    config: PathBuf,
-}
-
-fn setup(name: &str, version: &str) -> Setup {
-    let tmp = TempDir::new(name);
+/// A world whose fake driver (kernel module and libraries) is `version`.
+fn setup(name: &str, version: &str) -> World {
     let mut options = FakeDriverOptions::two_gpus();
     options.version = version.to_string();
     options.kernel_version = version.to_string();
-    let driver = FakeDriver::build(&tmp.path().join("driver"), &options);
+    let world = World::build(name, &options, "", "");
     if version != DRIVER_VERSION {
         // The fixture's stale libcuda.so.535.00.00 is newer than an older
         // driver: ldconfig would point libcuda.so.1 at it and the runtime
         // would rightly call the driver half-upgraded. A host really on
         // that older driver has no such file.
         fs::remove_file(
-            driver
+            world
+                .driver
                 .lib_dir()
                 .join(format!("libcuda.so.{STALE_DRIVER_VERSION}")),
         )
         .unwrap();
         let status = std::process::Command::new("ldconfig")
             .arg("-r")
-            .arg(&driver.driver_root)
+            .arg(&world.driver.driver_root)
             .status()
             .unwrap();
         assert!(status.success());
     }
-    let config = driver.write_config(&tmp.path().join("config.toml"), "");
-    Setup {
-        tmp,
-        driver,
-        config,
-    }
+    world
 }
 
-impl Setup {
+impl World {
     /// Runs `echo ok` in a busybox container with `env`; the fake NVML sees
     /// the fake dev root's GPUs on the host through FAKE_NVML_DEV_ROOT.
     fn run(&self, name: &str, env: &[&str]) -> RunOutput {
@@ -62,12 +52,10 @@ impl Setup {
             &["echo", "ok"],
             env,
         );
-        let state = self.tmp.path().join("state");
-        fs::create_dir_all(&state).unwrap();
         let before = fs::read(bundle.config_path()).unwrap();
         let out = run_container(
             Path::new(RUNTIME),
-            &state,
+            &self.state_root,
             &bundle,
             &unique_id(name),
             &[

@@ -2,7 +2,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -58,11 +57,6 @@ fn nvidia_nodes(listing: &str) -> Vec<String> {
     nodes
 }
 
-fn snapshot(path: &Path) -> (Vec<u8>, i64, i64) {
-    let meta = fs::metadata(path).unwrap();
-    (fs::read(path).unwrap(), meta.mtime(), meta.mtime_nsec())
-}
-
 #[test]
 fn no_request_and_void_leave_config_json_byte_identical() {
     if !require_root() {
@@ -75,11 +69,11 @@ fn no_request_and_void_leave_config_json_byte_identical() {
         ("void", vec!["NVIDIA_VISIBLE_DEVICES=void"]),
     ] {
         let bundle = world.bundle(name, RootfsKind::Busybox, &["sh", "-c", "ls /dev"], &env);
-        let before = snapshot(&bundle.config_path());
+        let before = file_snapshot(&bundle.config_path());
         let out = world.run(&bundle);
         out.assert_success(name);
         assert_eq!(
-            snapshot(&bundle.config_path()),
+            file_snapshot(&bundle.config_path()),
             before,
             "{name}: config.json changed"
         );
@@ -349,10 +343,10 @@ fn spec_edits_survive_unknown_fields_and_a_second_patch_is_a_no_op() {
     output(world.command(&["delete", "--force", &id])).assert_success("delete");
 
     // A second create of the already patched bundle changes nothing.
-    let before = snapshot(&bundle.config_path());
+    let before = file_snapshot(&bundle.config_path());
     let id2 = unique_id("idem2");
     create(&id2).assert_success("second create");
-    assert_eq!(snapshot(&bundle.config_path()), before);
+    assert_eq!(file_snapshot(&bundle.config_path()), before);
     output(world.command(&["delete", "--force", &id2])).assert_success("delete");
 }
 

@@ -147,7 +147,7 @@ fn device_node(node: &cdi::DeviceNode) -> Result<DeviceNode, String> {
 }
 
 /// `edits` less everything `common` already has (hooks are never per
-/// device, see [`generate`]).
+/// device, see [`super::generate::generate`]).
 pub fn without(edits: &ContainerEdits, common: &ContainerEdits) -> ContainerEdits {
     ContainerEdits {
         env: edits

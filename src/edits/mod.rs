@@ -5,7 +5,7 @@
 //! spec all come from the same discovery: [`select`] resolves a request's
 //! devices, [`build`] turns a request, a driver and a selection into edits
 //! (contract.md §3), [`prestart`] is our hook's entry and argv contract,
-//! [`cdi`] converts to and from CDI's edits, and [`generate`] writes the
+//! [`cdi`] converts to and from CDI's edits, and [`mod@generate`] writes the
 //! spec of `nvidia-ctk cdi generate`. [`crate::oci::patch`] applies edits
 //! to `config.json`; nothing else decides what a container gets.
 

@@ -509,54 +509,6 @@ mod tests {
     }
 
     #[test]
-    fn capabilities() {
-        let caps = |env: &[&str]| request(env).unwrap().unwrap().capabilities.to_string();
-        assert_eq!(caps(&["NVIDIA_VISIBLE_DEVICES=all"]), "compute,utility");
-        assert_eq!(
-            caps(&["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES="]),
-            "compute,utility"
-        );
-        assert_eq!(
-            caps(&[
-                "NVIDIA_VISIBLE_DEVICES=all",
-                "NVIDIA_DRIVER_CAPABILITIES=utility"
-            ]),
-            "utility"
-        );
-        assert_eq!(
-            caps(&[
-                "NVIDIA_VISIBLE_DEVICES=all",
-                "NVIDIA_DRIVER_CAPABILITIES=all"
-            ]),
-            "compute,compat32,graphics,utility,video,display,ngx"
-        );
-        let error = request(&[
-            "NVIDIA_VISIBLE_DEVICES=all",
-            "NVIDIA_DRIVER_CAPABILITIES=compute,gpu",
-        ])
-        .unwrap_err();
-        assert_eq!(
-            error,
-            RequestError::UnknownCapability {
-                variable: "NVIDIA_DRIVER_CAPABILITIES".into(),
-                name: "gpu".into()
-            }
-        );
-        // The admin's supported list caps the request.
-        let config = Config {
-            supported_driver_capabilities: "utility".into(),
-            ..Default::default()
-        };
-        let request = Request::from_spec(
-            &spec_with_env(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=all"]),
-            &config,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(request.capabilities.to_string(), "utility");
-    }
-
-    #[test]
     fn legacy_cuda_image() {
         let request = request(&["CUDA_VERSION=11.0.3"]).unwrap().unwrap();
         assert_eq!(request.devices, Devices::All);
