@@ -238,10 +238,12 @@ impl Config {
     /// Reads and parses one config file: the one loader behind every
     /// binary's `--config` and the search of [`Config::load`].
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::bounded::read_file_to_string(path, crate::bounded::CONFIG_TOML).map_err(
+            |source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
         Config::parse(&text, path)
     }
 

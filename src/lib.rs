@@ -18,7 +18,8 @@
 //! 6. [`request`]: what the container asks for (env, mounts, annotations).
 //! 7. [`cdi`] (a CDI library that knows no GPU), [`config`] (config.toml)
 //!    and [`configure`] (the engines' configs).
-//! 8. Leaves: [`ldcache`], [`elf`], [`confined`], [`atomic`],
+//! 8. Leaves: [`ldcache`], [`elf`], [`confined`], [`atomic`], [`bounded`]
+//!    (the size limit of every input read whole),
 //!    [`requirements`], [`logging`], and [`system`], the one seam for side
 //!    effects on a container or the host.
 
@@ -35,6 +36,7 @@ pub mod request;
 pub mod runtime;
 
 pub mod atomic;
+pub mod bounded;
 pub mod confined;
 pub mod elf;
 pub mod ldcache;

@@ -799,3 +799,63 @@ fn measure_hook_cost() {
         hooked.saturating_sub(bare)
     );
 }
+
+#[test]
+fn a_state_with_megabytes_of_annotations_starts_through_runc() {
+    if !require_root() {
+        return;
+    }
+    // runc copies the annotations into the state it pipes to the hook: 60,000
+    // of them make a state of about 6 MiB, past the 1 MiB the hook once read.
+    let setup = World::new("hook-big-state");
+    let bundle = setup.gpu_bundle(
+        "bundle",
+        RootfsKind::Glibc { ldconfig: false },
+        &["nvidia-smi", "-L"],
+        &[],
+    );
+    bundle.edit_config(|spec| {
+        let annotations: serde_json::Map<String, Value> = (0..60_000)
+            .map(|i| {
+                (
+                    format!("example.com/annotation-{i:06}"),
+                    json!("v".repeat(80)),
+                )
+            })
+            .collect();
+        spec["annotations"] = Value::Object(annotations);
+    });
+    let size = fs::metadata(bundle.config_path()).unwrap().len();
+    assert!(size > 6 << 20, "{size}");
+    let out = setup.run(&bundle, "big-state");
+    setup.assert_ran(&out, "a container with 6 MiB of annotations");
+    assert_eq!(out.stdout, setup.driver.smi_output(&[0]), "{out:?}");
+}
+
+#[test]
+fn a_state_over_the_limit_is_reported_as_a_limit() {
+    if !require_root() {
+        return;
+    }
+    // One byte past the limit, in a state that is valid JSON up to there: the
+    // message names the limit and the usual cause, not a parse error.
+    let limit = nvidia_container_runtime::bounded::HOOK_STATE.bytes as usize;
+    let head = br#"{"ociVersion":"1.2.0","id":"c","pid":1,"bundle":"/b","annotations":{"a":""#;
+    let mut state = head.to_vec();
+    state.resize(limit + 1, b'x');
+    let (status, stderr) = run_hook(&["prestart", "--injected-by-runtime"], &state, &[]);
+    assert_eq!(status, 1, "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("the container state on stdin is larger than 256 MiB"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("annotations"), "{stderr}");
+    assert!(!stderr.contains("not valid"), "{stderr}");
+    // At the limit exactly, the state is read (and then found wanting:
+    // the annotation is never closed), which is a parse error, not a limit.
+    state.truncate(limit);
+    let (status, stderr) = run_hook(&["prestart", "--injected-by-runtime"], &state, &[]);
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("is not valid"), "{stderr}");
+}

@@ -1144,6 +1144,41 @@ fn huge_deep_and_invalid_config_json() {
 }
 
 #[test]
+fn a_config_json_over_the_limit_is_a_limit_for_a_gpu_container_and_runc_s_otherwise() {
+    let world = world_without_runc("rel-limit");
+    let limit = nvidia_container_runtime::bounded::CONFIG_JSON.bytes;
+    // Sparse files one byte past the limit: the mention of a request (or
+    // its absence) is all that matters, the rest is never parsed.
+    let over = |name: &str, head: &[u8]| {
+        let dir = world.tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let file = fs::File::create(dir.join("config.json")).unwrap();
+        std::io::Write::write_all(&mut &file, head).unwrap();
+        file.set_len(limit + 1).unwrap();
+        dir
+    };
+    let gpu = over(
+        "gpu",
+        br#"{"process":{"env":["NVIDIA_VISIBLE_DEVICES=0"]}}"#,
+    );
+    let out = assert_refused(&world, &gpu, &["larger than 256 MiB", "annotations"]);
+    assert!(!out.stderr.contains("not valid JSON"), "{}", out.stderr);
+    eprintln!(
+        "RELIABILITY: config.json over the limit: {}",
+        out.stderr.trim()
+    );
+
+    // No request anywhere in it: handed to the low-level runtime untouched.
+    let plain = over("plain", br#"{"process":{"env":["PATH=/bin"]}}"#);
+    let before = contents(&plain.join("config.json"));
+    let out = world
+        .create(&plain, &unique_id("plain"), Duration::from_secs(60))
+        .expect("the runtime hung (killed after 60 s)");
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(contents(&plain.join("config.json")), before);
+}
+
+#[test]
 fn env_entries_without_equals_and_a_100000_entry_device_list() {
     let world = world_without_runc("rel-env");
 

@@ -305,6 +305,11 @@ impl Resolved {
     }
 }
 
+/// A spec file's text, up to [`crate::bounded::CDI_SPEC`].
+fn read_to_string(path: &Path) -> std::io::Result<String> {
+    crate::bounded::read_file_to_string(path, crate::bounded::CDI_SPEC)
+}
+
 fn is_hidden(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -312,7 +317,11 @@ fn is_hidden(path: &Path) -> bool {
 }
 
 fn load_file(path: &Path) -> Result<Spec, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let text =
+        read_to_string(path).map_err(|error| match crate::bounded::is_too_large(&error) {
+            true => error.to_string(),
+            false => format!("cannot read it: {error}"),
+        })?;
     // The extension was checked by the caller.
     let format = Format::from_path(path).unwrap_or(Format::Yaml);
     Spec::parse(&text, format).map_err(|problem| crate::logging::one_line(&problem))
@@ -321,7 +330,7 @@ fn load_file(path: &Path) -> Result<Spec, String> {
 /// What can still be read of a broken file: its kind and device names if
 /// it is YAML (JSON is YAML) at all.
 fn salvage(path: PathBuf, problem: String) -> BrokenSpec {
-    let loose: Option<Value> = std::fs::read_to_string(&path)
+    let loose: Option<Value> = read_to_string(&path)
         .ok()
         .and_then(|text| serde_norway::from_str(&text).ok());
     let kind = loose
@@ -349,5 +358,27 @@ fn salvage(path: PathBuf, problem: String) -> BrokenSpec {
         problem,
         kind,
         device_names,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spec_over_the_limit_is_broken_for_its_size_not_its_syntax() {
+        let dir = std::env::temp_dir().join(format!("ncr-cdi-limit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = std::fs::File::create(dir.join("huge.yaml")).unwrap();
+        file.set_len(crate::bounded::CDI_SPEC.bytes + 1).unwrap();
+        let registry = Registry::load(std::slice::from_ref(&dir));
+        assert_eq!(registry.broken.len(), 1);
+        let problem = &registry.broken[0].problem;
+        assert!(
+            problem.starts_with("a CDI spec is larger than 16 MiB"),
+            "{problem}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -200,7 +200,7 @@ impl Driver {
         let root = &self.roots.driver_root;
         let cache_path = confined::resolve(root, Path::new("/etc/ld.so.cache"))
             .unwrap_or_else(|_| root.join("etc/ld.so.cache"));
-        let cached = match std::fs::read(&cache_path) {
+        let cached = match crate::bounded::read_file(&cache_path, crate::bounded::LD_SO_CACHE) {
             Ok(bytes) => {
                 let cache = LdCache::parse(&bytes).map_err(|source| DriverError::BadLdCache {
                     path: cache_path.clone(),
@@ -208,7 +208,15 @@ impl Driver {
                 })?;
                 self.libraries_from_cache(&cache, arch)?
             }
-            Err(_) => Vec::new(),
+            Err(error) => {
+                if crate::bounded::is_too_large(&error) {
+                    tracing::warn!(
+                        "{}: {error}; scanning the library dirs",
+                        cache_path.display()
+                    );
+                }
+                Vec::new()
+            }
         };
         if arch == LibraryArch::I386 {
             return Ok(cached

@@ -20,6 +20,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::bounded::PROCFS_FILE;
 use crate::config::Config;
 use crate::request::BusId;
 use crate::system::{RealSystem, System};
@@ -148,7 +149,7 @@ impl Driver {
     pub fn discover_with(roots: Roots, system: Arc<dyn System>) -> Result<Driver, DriverError> {
         let nvidia_proc = roots.proc_root.join("driver/nvidia");
         let version_path = nvidia_proc.join("version");
-        let version_text = match std::fs::read_to_string(&version_path) {
+        let version_text = match crate::bounded::read_file_to_string(&version_path, PROCFS_FILE) {
             Ok(text) => text,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Err(DriverError::NotLoaded { path: version_path })
@@ -219,9 +220,11 @@ fn read_gpus(gpus_dir: &Path) -> Result<Vec<Gpu>, DriverError> {
         })?;
         let dir_name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path().join("information");
-        let text = std::fs::read_to_string(&path).map_err(|source| DriverError::Read {
-            path: path.clone(),
-            source,
+        let text = crate::bounded::read_file_to_string(&path, PROCFS_FILE).map_err(|source| {
+            DriverError::Read {
+                path: path.clone(),
+                source,
+            }
         })?;
         gpus.push(parse_gpu(&text, &dir_name, &path)?);
     }

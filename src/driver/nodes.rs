@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use crate::bounded::PROCFS_FILE;
 use crate::confined;
 
 use super::{Driver, DriverError, Gpu};
@@ -87,9 +88,11 @@ impl Driver {
     /// MIG capability (`config`, `monitor`, `gpu0/gi1/access`, ...).
     pub fn mig_minors(&self) -> Result<HashMap<String, u32>, DriverError> {
         let path = self.roots.proc_root.join("driver/nvidia-caps/mig-minors");
-        let text = std::fs::read_to_string(&path).map_err(|source| DriverError::Read {
-            path: path.clone(),
-            source,
+        let text = crate::bounded::read_file_to_string(&path, PROCFS_FILE).map_err(|source| {
+            DriverError::Read {
+                path: path.clone(),
+                source,
+            }
         })?;
         Ok(text
             .lines()

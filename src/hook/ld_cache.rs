@@ -3,7 +3,7 @@
 //! image is executed (no ldconfig).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -11,15 +11,15 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
 
+use crate::bounded::{self, LD_SO_CACHE};
 use crate::ldcache::{CacheEntry, LdCache, FLAGS_X86_64_LIBC6};
 use crate::system::System;
 
 use super::rootfs::{is_absent, replace_file};
 use super::HookError;
 
-/// An image's ld.so.cache is a few hundred KiB; a larger file is not read
-/// (a root process on the host must not be made to allocate without bound).
-pub const MAX_LD_CACHE_BYTES: u64 = 64 << 20;
+/// The most of an image's ld.so.cache that is read ([`bounded::LD_SO_CACHE`]).
+pub const MAX_LD_CACHE_BYTES: u64 = LD_SO_CACHE.bytes;
 
 /// Adds one entry per library to the container's `/etc/ld.so.cache`,
 /// keeping the image's own entries. Returns the number of entries written
@@ -119,20 +119,11 @@ fn read_image_cache(etc: BorrowedFd<'_>) -> Result<LdCache, String> {
     if !metadata.file_type().is_file() {
         return Err("it is not a regular file".to_string());
     }
-    if metadata.len() > MAX_LD_CACHE_BYTES {
-        return Err(format!(
-            "it is {} bytes, more than the {MAX_LD_CACHE_BYTES} read",
-            metadata.len()
-        ));
-    }
-    let mut bytes = Vec::with_capacity(metadata.len() as usize);
-    file.take(MAX_LD_CACHE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    if bytes.len() as u64 > MAX_LD_CACHE_BYTES {
-        return Err(format!(
-            "it grew past {MAX_LD_CACHE_BYTES} bytes while read"
-        ));
-    }
+    let bytes = bounded::read_to_end(file, LD_SO_CACHE, metadata.len()).map_err(|error| {
+        match bounded::is_too_large(&error) {
+            true => error.to_string(),
+            false => format!("cannot read it: {error}"),
+        }
+    })?;
     LdCache::parse(&bytes).map_err(|e| e.to_string())
 }

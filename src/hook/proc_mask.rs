@@ -15,6 +15,7 @@ use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use serde_json::Value;
 
+use crate::bounded::PROCFS_FILE;
 use crate::system::{RealSystem, System};
 
 use super::args::{is_relative_below, is_single_component};
@@ -93,7 +94,9 @@ pub fn gpu_dirs_from_devices(spec: &Value, proc_source: &Path) -> Vec<String> {
     let mut dirs: Vec<String> = entries
         .filter_map(|entry| entry.ok())
         .filter_map(|entry| {
-            let text = std::fs::read_to_string(entry.path().join("information")).ok()?;
+            let text =
+                crate::bounded::read_file_to_string(&entry.path().join("information"), PROCFS_FILE)
+                    .ok()?;
             let minor: u32 = crate::driver::parse_information(&text)
                 .find(|(key, _)| *key == "Device Minor")?
                 .1
@@ -115,7 +118,8 @@ pub fn read_masked_tree(
 ) -> Result<MaskedTree, HookError> {
     let read = |relative: &Path| {
         let path = source.join(relative);
-        std::fs::read(&path).map_err(|source| HookError::ProcSource { path, source })
+        crate::bounded::read_file(&path, PROCFS_FILE)
+            .map_err(|source| HookError::ProcSource { path, source })
     };
     let mut tree = MaskedTree::default();
     tree.files

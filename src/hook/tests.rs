@@ -54,6 +54,7 @@ impl Container {
             id: "c1".to_string(),
             pid: 4242,
             bundle: self.bundle.clone(),
+            status: "creating".to_string(),
         }
     }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::bounded::{self, TooLarge, CONFIG_JSON};
+
 use super::{kind_name, SpecError};
 
 /// A `config.json` as read from disk.
@@ -53,8 +55,16 @@ impl RawSpec {
         // Read whole, then parse the slice: serde_json's reader path goes
         // byte by byte through `io::Read`; the parse of a one-GPU create fell
         // from 538k to 356k instructions (issue 8, BENCHMARKS.md).
-        let mut bytes = Vec::with_capacity(metadata.len() as usize);
-        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(read_error)?;
+        let bytes = match bounded::read_to_end(&mut file, CONFIG_JSON, metadata.len()) {
+            Ok(bytes) => bytes,
+            Err(error) if bounded::is_too_large(&error) => {
+                return Err(SpecError::TooLarge {
+                    path,
+                    source: TooLarge { limit: CONFIG_JSON },
+                })
+            }
+            Err(error) => return Err(read_error(error)),
+        };
         Ok(RawSpec { path, bytes, mode })
     }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use crate::bounded::TooLarge;
+
 pub mod bundle;
 pub mod patch;
 pub mod state;
@@ -21,6 +23,12 @@ pub enum SpecError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    TooLarge {
+        path: PathBuf,
+        #[source]
+        source: TooLarge,
     },
     #[error("{path} is not valid JSON ({message}): the engine wrote a broken bundle; recreate the container")]
     Parse { path: PathBuf, message: String },

@@ -10,6 +10,7 @@
 //! hold), [`capabilities`] the driver capabilities.
 
 use std::collections::HashMap;
+use std::io::{self, Read};
 
 use serde_json::Value;
 
@@ -108,32 +109,59 @@ pub struct Request {
 /// spelled with JSON escapes (`"NVIDIA\u005fVISIBLE..."`) is not seen:
 /// no engine writes one, and such a container only goes without GPUs.
 pub fn may_request_devices(bytes: &[u8], config: &Config) -> bool {
-    let contains = |needle: &[u8]| {
-        !needle.is_empty() && bytes.windows(needle.len()).any(|window| window == needle)
-    };
-    if contains(VISIBLE_DEVICES.as_bytes()) || contains(LEGACY_CUDA_VERSION.as_bytes()) {
-        return true;
-    }
-    if config
-        .swarm_resource
-        .split(',')
-        .map(str::trim)
-        .any(|name| contains(name.as_bytes()))
-    {
-        return true;
-    }
-    if config.accept_nvidia_visible_devices_as_volume_mounts
-        && contains(b"nvidia-container-devices")
-    {
-        return true;
-    }
-    config
-        .nvidia_container_runtime
-        .modes
-        .cdi
-        .annotation_prefixes
+    request_needles(config)
         .iter()
-        .any(|prefix| contains(prefix.as_bytes()))
+        .any(|needle| bytes.windows(needle.len()).any(|window| window == *needle))
+}
+
+/// [`may_request_devices`] of a file too large to hold ([`crate::bounded`]),
+/// read in chunks that overlap by the longest needle, so that a mention
+/// across two chunks is seen.
+pub fn may_request_devices_in(mut reader: impl Read, config: &Config) -> io::Result<bool> {
+    let needles = request_needles(config);
+    let overlap = needles.iter().map(|n| n.len()).max().unwrap_or(1) - 1;
+    let mut buffer = vec![0; (1 << 20) + overlap];
+    let mut kept = 0;
+    loop {
+        let read = reader.read(&mut buffer[kept..])?;
+        if read == 0 {
+            return Ok(false);
+        }
+        let filled = kept + read;
+        if may_request_devices(&buffer[..filled], config) {
+            return Ok(true);
+        }
+        kept = overlap.min(filled);
+        buffer.copy_within(filled - kept..filled, 0);
+    }
+}
+
+/// What [`may_request_devices`] looks for: the request variables, the swarm
+/// variables, the device-mount dir and the CDI annotation prefixes that
+/// this config enables. None is empty.
+fn request_needles(config: &Config) -> Vec<&[u8]> {
+    let mut needles = vec![VISIBLE_DEVICES.as_bytes(), LEGACY_CUDA_VERSION.as_bytes()];
+    needles.extend(
+        config
+            .swarm_resource
+            .split(',')
+            .map(str::trim)
+            .map(str::as_bytes),
+    );
+    if config.accept_nvidia_visible_devices_as_volume_mounts {
+        needles.push(b"nvidia-container-devices");
+    }
+    needles.extend(
+        config
+            .nvidia_container_runtime
+            .modes
+            .cdi
+            .annotation_prefixes
+            .iter()
+            .map(|prefix| prefix.as_bytes()),
+    );
+    needles.retain(|needle| !needle.is_empty());
+    needles
 }
 
 /// The container's environment as the container will see it: the last entry
@@ -625,6 +653,24 @@ mod tests {
         let error = super::tests::request(&["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_IMEX_CHANNELS=x"])
             .unwrap_err();
         assert!(error.to_string().contains("\"x\""), "{error}");
+    }
+
+    #[test]
+    fn pre_filter_of_a_stream_sees_a_mention_across_chunks() {
+        let config = Config::default();
+        let filler = vec![b' '; (1 << 20) - 10];
+        for offset in 0..24 {
+            let mut bytes = filler.clone();
+            bytes.extend(std::iter::repeat_n(b' ', offset));
+            bytes.extend_from_slice(b"\"NVIDIA_VISIBLE_DEVICES=0\"");
+            bytes.extend_from_slice(&filler);
+            assert!(
+                may_request_devices_in(&bytes[..], &config).unwrap(),
+                "{offset}"
+            );
+        }
+        let nothing = vec![b'x'; 3 << 20];
+        assert!(!may_request_devices_in(&nothing[..], &config).unwrap());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! module orchestrates: every call from here goes down a layer.
 
 use std::ffi::OsString;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, Source};
@@ -82,7 +83,31 @@ pub fn modify_bundle(
     config: &Config,
     hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
 ) -> Result<Option<RawSpec>, RuntimeError> {
-    let raw = RawSpec::read(bundle)?;
+    let raw = match RawSpec::read(bundle) {
+        Ok(raw) => raw,
+        // Too large to hold: a container that does not even mention a
+        // request is still runc's (a fault of ours must not stop it); one
+        // that does gets the limit error.
+        Err(error @ SpecError::TooLarge { .. }) => {
+            let path = bundle.join("config.json");
+            // O_NONBLOCK, as RawSpec::read: never hang on a FIFO.
+            let mentions = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&path)
+                .and_then(|file| crate::request::may_request_devices_in(file, config))
+                .unwrap_or(true);
+            if mentions {
+                return Err(error.into());
+            }
+            tracing::debug!(
+                "{}: over the size limit and no GPU requested; spec left untouched",
+                path.display()
+            );
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
     if !crate::request::may_request_devices(&raw.bytes, config) {
         // Not even a mention of a request: exec at once, without parsing.
         // A malformed file of such a container is runc's to report.
