@@ -129,6 +129,24 @@ pub fn read_file(path: &std::path::Path, limit: Limit) -> io::Result<Vec<u8>> {
     read_to_end(file, limit, size)
 }
 
+/// [`read_file`] of a file that must be a regular file: opened without
+/// blocking (a FIFO put in its place must not hang the reader, and the
+/// engine waiting on it), anything else refused.
+pub fn read_regular_file(path: &std::path::Path, limit: Limit) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(
+            "it is not a regular file (a FIFO, device, socket or directory)",
+        ));
+    }
+    read_to_end(file, limit, meta.len())
+}
+
 /// [`read_file`] as UTF-8 text.
 pub fn read_file_to_string(path: &std::path::Path, limit: Limit) -> io::Result<String> {
     String::from_utf8(read_file(path, limit)?).map_err(|_| {

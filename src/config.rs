@@ -238,12 +238,18 @@ impl Config {
     /// Reads and parses one config file: the one loader behind every
     /// binary's `--config` and the search of [`Config::load`].
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = crate::bounded::read_file_to_string(path, crate::bounded::CONFIG_TOML).map_err(
-            |source| ConfigError::Read {
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        let read_error = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = crate::bounded::read_regular_file(path, crate::bounded::CONFIG_TOML)
+            .map_err(read_error)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "stream did not contain valid UTF-8",
+            ))
+        })?;
         Config::parse(&text, path)
     }
 

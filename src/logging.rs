@@ -59,11 +59,11 @@ pub fn log_line(level: &str, message: &str, json: bool) -> String {
     }
 }
 
-/// Appends an error line to the `--log` file, if any. Failures to log are
-/// ignored: the message still goes to stderr.
-pub fn write_runtime_log(log_path: Option<&Path>, json: bool, message: &str) {
+/// Appends a line of `level` (`error`, `warning`) to the `--log` file, if
+/// any. Failures to log are ignored: the message still goes to stderr.
+pub fn write_runtime_log(log_path: Option<&Path>, json: bool, level: &str, message: &str) {
     let Some(path) = log_path else { return };
-    let line = log_line("error", message, json);
+    let line = log_line(level, message, json);
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

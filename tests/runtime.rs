@@ -633,3 +633,261 @@ fn version_prints_ours_then_runcs() {
     let theirs = out.stdout.find("runc version").expect("runc's");
     assert!(ours < theirs, "{}", out.stdout);
 }
+
+/// A low-level runtime that logs each call to `<dir>/lowlevel-calls`, then
+/// execs runc: shows which runtime our runtime picked.
+fn recording_runc(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let calls = dir.join("lowlevel-calls");
+    let wrapper = dir.join("lowlevel");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' \"$@\"\n",
+            calls.display(),
+            runc_path().display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    (wrapper, calls)
+}
+
+#[test]
+fn a_broken_config_toml_stops_only_gpu_creates() {
+    if !require_root() {
+        return;
+    }
+    let scratch = TempDir::new("rt-broken-config-bin");
+    let (lowlevel, calls) = recording_runc(scratch.path());
+    let world = World::with_config(
+        "rt-broken-config",
+        &format!("runtimes = [\"{}\"]", lowlevel.display()),
+    );
+    let state_dir = world.tmp.path().join("runtime-state");
+    let good = fs::read_to_string(&world.config).unwrap();
+    let env = [
+        (
+            "NVIDIA_CTK_CONFIG_FILE_PATH",
+            world.config.to_str().unwrap(),
+        ),
+        (
+            "NVIDIA_CONTAINER_RUNTIME_STATE_DIR",
+            state_dir.to_str().unwrap(),
+        ),
+    ];
+    let runtime = Path::new(RUNTIME);
+    // stdout and stderr to files, not pipes: a created container's init
+    // holds them open until it exits.
+    let command = |bundle: &Bundle, args: &[&str]| {
+        let out = bundle.dir.join("command.stdout");
+        let err = bundle.dir.join("command.stderr");
+        let status = runtime_command(runtime, &world.state_root, bundle, &env)
+            .args(args)
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .status()
+            .unwrap();
+        RunOutput {
+            status: status.code().unwrap_or(-1),
+            stdout: fs::read_to_string(&out).unwrap(),
+            stderr: fs::read_to_string(&err).unwrap(),
+        }
+    };
+    for (kind, expected) in [
+        ("malformed", "is not valid TOML"),
+        ("unreadable", "it is not a regular file"),
+        ("fifo", "it is not a regular file"),
+    ] {
+        // A container created while the config is good: the runtime
+        // remembers the low-level runtime the config names.
+        let _ = fs::remove_dir_all(&world.config);
+        let _ = fs::remove_file(&world.config);
+        fs::write(&world.config, &good).unwrap();
+        let running = world.bundle(
+            &format!("{kind}-running"),
+            RootfsKind::Busybox,
+            &["sleep", "60"],
+            &[],
+        );
+        let id = unique_id(&format!("{kind}-a"));
+        command(
+            &running,
+            &["create", "--bundle", running.dir.to_str().unwrap(), &id],
+        )
+        .assert_success("create with the good config");
+        command(&running, &["start", &id]).assert_success("start");
+
+        fs::remove_file(&world.config).unwrap();
+        match kind {
+            "malformed" => fs::write(&world.config, "runtimes = [\"runc\"\n[oops").unwrap(),
+            "unreadable" => fs::create_dir(&world.config).unwrap(),
+            _ => {
+                let status = Command::new("mkfifo").arg(&world.config).status().unwrap();
+                assert!(status.success());
+            }
+        }
+        fs::write(&calls, "").unwrap();
+
+        // Every command on the running container still works, through the
+        // low-level runtime it was created with; each logs the fault.
+        let state = command(&running, &["state", &id]);
+        state.assert_success(&format!("{kind}: state"));
+        let status: Value = serde_json::from_str(&state.stdout).unwrap();
+        assert_eq!(status["status"], "running", "{kind}: {}", state.stdout);
+        assert!(state.stderr.is_empty(), "{kind}: {}", state.stderr);
+        command(&running, &["kill", &id, "KILL"]).assert_success(&format!("{kind}: kill"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while container_status(runtime, &world.state_root, &running, &id, &env).as_deref()
+            != Some("stopped")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind}: never stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        command(&running, &["delete", &id]).assert_success(&format!("{kind}: delete"));
+        let recorded = fs::read_to_string(&calls).unwrap();
+        for subcommand in ["state", "kill", "delete"] {
+            assert!(
+                recorded
+                    .lines()
+                    .any(|l| l.contains(&format!(" {subcommand} ")) && l.contains(&id)),
+                "{kind}: {subcommand} did not go to the remembered runtime:\n{recorded}"
+            );
+        }
+        let log = fs::read_to_string(running.runtime_log_path()).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("\"level\":\"warning\"") && l.contains(expected)),
+            "{kind}: no warning in the runtime log:\n{log}"
+        );
+
+        // A new container that asks for no GPU runs its whole life.
+        let plain = world.bundle(
+            &format!("{kind}-plain"),
+            RootfsKind::Busybox,
+            &["echo", "ok"],
+            &[],
+        );
+        let out = create_start_delete(
+            runtime,
+            &world.state_root,
+            &plain,
+            &unique_id(&format!("{kind}-b")),
+            &env,
+        );
+        out.assert_success(&format!("{kind}: a container without GPUs"));
+        assert_eq!(out.stdout, "ok\n");
+        assert!(
+            out.stderr.contains("warning:") && out.stderr.contains(expected),
+            "{kind}: {}",
+            out.stderr
+        );
+
+        // A GPU container is refused with the config's own error, before
+        // the low-level runtime is called.
+        fs::write(&calls, "").unwrap();
+        let gpu = world.bundle(
+            &format!("{kind}-gpu"),
+            RootfsKind::Busybox,
+            &["true"],
+            &["NVIDIA_VISIBLE_DEVICES=0"],
+        );
+        let before = fs::read(gpu.config_path()).unwrap();
+        let id = unique_id(&format!("{kind}-c"));
+        let out = command(
+            &gpu,
+            &["create", "--bundle", gpu.dir.to_str().unwrap(), &id],
+        );
+        assert_eq!(out.status, 1, "{kind}: {out:?}");
+        assert!(out.stderr.contains(expected), "{kind}: {}", out.stderr);
+        assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+        assert_eq!(fs::read(gpu.config_path()).unwrap(), before);
+        assert_eq!(fs::read_to_string(&calls).unwrap(), "", "{kind}");
+    }
+    let _ = fs::remove_dir_all(&world.config);
+    let _ = fs::remove_file(&world.config);
+}
+
+#[test]
+fn a_broken_config_keeps_crun_for_the_containers_crun_created() {
+    if !require_root() {
+        return;
+    }
+    let Some(crun) = require_tool("crun") else {
+        return;
+    };
+    // crun 1.8 refuses this machine's hybrid cgroup v1 layout; in a private
+    // mount namespace with cgroup2 at /sys/fs/cgroup it runs containers
+    // without cgroups (testing.md), which is all this test needs. The
+    // configured runtime is crun; after the config breaks, runc (the
+    // default) would not know crun's containers.
+    let scratch = TempDir::new("rt-broken-crun-bin");
+    let calls = scratch.path().join("lowlevel-calls");
+    let wrapper = scratch.path().join("crun-wrapper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\nexec '{}' --cgroup-manager=disabled \"$@\"\n",
+            calls.display(),
+            crun.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let world = World::with_config(
+        "rt-broken-crun",
+        &format!("runtimes = [\"{}\"]", wrapper.display()),
+    );
+    let bundle = world.bundle("running", RootfsKind::Busybox, &["sleep", "60"], &[]);
+    let id = unique_id("crun");
+    let script = format!(
+        r#"set -e
+mount --make-rprivate /
+mount -t cgroup2 none /sys/fs/cgroup
+rt() {{ '{runtime}' --root '{root}' "$@"; }}
+rt create --bundle '{bundle}' '{id}' >/dev/null 2>&1 </dev/null
+rt start '{id}'
+printf 'runtimes = [oops\n' > '{config}'
+echo "state: $(rt state '{id}' 2>/dev/null | tr -d '\n ')"
+rt kill '{id}' KILL
+for i in $(seq 200); do
+  rt state '{id}' 2>/dev/null | tr -d '\n ' | grep -q '"status":"stopped"' && break
+  sleep 0.05
+done
+rt delete '{id}' && echo deleted
+"#,
+        runtime = RUNTIME,
+        root = world.state_root.display(),
+        bundle = bundle.dir.display(),
+        id = id,
+        config = world.config.display(),
+    );
+    let mut command = Command::new("unshare");
+    command
+        .args(["-m", "sh", "-c", &script])
+        .env("NVIDIA_CTK_CONFIG_FILE_PATH", &world.config)
+        .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", &world.runtime_state)
+        .stdin(Stdio::null());
+    let out = output_with_timeout(command, std::time::Duration::from_secs(60))
+        .expect("the crun scenario hung");
+    out.assert_success("crun scenario");
+    assert!(
+        out.stdout.contains(r#""status":"running""#),
+        "state through the broken config: {}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("deleted"), "{}", out.stdout);
+    let recorded = fs::read_to_string(&calls).unwrap();
+    for subcommand in ["create", "start", "state", "kill", "delete"] {
+        assert!(
+            recorded
+                .lines()
+                .any(|l| l.contains(&format!(" {subcommand} "))),
+            "{subcommand} did not go to crun:\n{recorded}"
+        );
+    }
+}

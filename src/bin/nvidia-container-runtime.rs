@@ -5,32 +5,32 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
-use nvidia_container_runtime::runtime::{self, argv};
-use nvidia_container_runtime::{config::Config, logging};
+use nvidia_container_runtime::logging;
+use nvidia_container_runtime::runtime::{self, argv, fallback, ConfigState};
 
 fn main() {
     let args = argv::collect_args();
     let invocation = argv::scan(&args);
     let env = |key: &str| std::env::var(key).ok();
 
-    let result = Config::load(env)
-        .map_err(runtime::RuntimeError::from)
-        .and_then(|(config, source)| {
-            logging::init_debug_log(
-                &config.nvidia_container_runtime.debug,
-                &config.nvidia_container_runtime.log_level,
-            );
-            tracing::debug!(?source, unknown_keys = ?config.unknown_keys(), "config loaded");
-            let self_exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
-            let path_env = std::env::var("PATH").ok();
-            runtime::prepare(
-                &args,
-                &invocation,
-                (&config, &source),
-                path_env.as_deref(),
-                &self_exe,
-            )
-        });
+    let config = ConfigState::load(env);
+    if let ConfigState::Loaded(config, source) = &config {
+        logging::init_debug_log(
+            &config.nvidia_container_runtime.debug,
+            &config.nvidia_container_runtime.log_level,
+        );
+        tracing::debug!(?source, unknown_keys = ?config.unknown_keys(), "config loaded");
+    }
+    let self_exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    let path_env = std::env::var("PATH").ok();
+    let result = runtime::prepare(
+        &args,
+        &invocation,
+        config,
+        path_env.as_deref(),
+        &self_exe,
+        &fallback::state_dir(env),
+    );
 
     let prepared = match result {
         Ok(prepared) => prepared,
@@ -41,6 +41,20 @@ fn main() {
         }
     };
 
+    if let Some(warning) = &prepared.warning {
+        // The fault stays visible: in the engine's log always, and on the
+        // user's terminal for a create (other commands' stderr may be read
+        // by the engine).
+        logging::write_runtime_log(
+            invocation.log_path.as_deref(),
+            invocation.log_is_json(),
+            "warning",
+            warning,
+        );
+        if invocation.action() == argv::Action::Modify {
+            eprintln!("nvidia-container-runtime: warning: {warning}");
+        }
+    }
     if prepared.print_version {
         print!("{}", runtime::version_banner());
         let _ = std::io::stdout().flush();
@@ -86,6 +100,7 @@ fn fail(invocation: &argv::Invocation, message: &str) -> ! {
     logging::write_runtime_log(
         invocation.log_path.as_deref(),
         invocation.log_is_json(),
+        "error",
         message,
     );
     eprintln!("nvidia-container-runtime: {message}");

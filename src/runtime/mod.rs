@@ -13,7 +13,7 @@ use std::ffi::OsString;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConfigError, Source};
+use crate::config::{Config, ConfigError};
 use crate::driver::{Driver, HostFacts, Roots};
 use crate::edits::{select_devices, ContainerEdits, EditsError, HookSettings, LibraryDirs};
 use crate::oci::{RawSpec, SpecError};
@@ -21,10 +21,12 @@ use crate::request::{Request, RequestError};
 use crate::requirements::RequirementError;
 
 pub mod argv;
+pub mod fallback;
 pub mod locate;
 pub mod mode;
 
 use argv::{Action, ArgvError, Invocation};
+pub use fallback::ConfigState;
 pub use locate::{find_hook, find_runtime, lookup_executable};
 use mode::{ModeError, Route};
 
@@ -69,10 +71,12 @@ pub struct Prepared {
     pub argv: Vec<OsString>,
     /// `--version`: print ours before the exec.
     pub print_version: bool,
-    /// `Some` when config.json was rewritten.
     /// `Some` when config.json was rewritten: its original, to put back if
     /// the real runtime cannot be exec'd after all.
     pub patched: Option<RawSpec>,
+    /// The config could not be used and this call went on without it: the
+    /// message to log (stderr too on `create`).
+    pub warning: Option<String>,
 }
 
 /// Reads the bundle's spec and, for a GPU container, writes the patched
@@ -181,13 +185,16 @@ pub fn modify_bundle(
     Ok(Some(raw))
 }
 
-/// Does everything before the exec.
+/// Does everything before the exec. A broken config ([`fallback`]) stops
+/// only a GPU `create`/`run`; anything else goes on with the last good
+/// config's low-level runtime and the config's error as a warning.
 pub fn prepare(
     argv: &[OsString],
     invocation: &Invocation,
-    (config, source): (&Config, &Source),
+    config: ConfigState,
     path_env: Option<&str>,
     self_exe: &Path,
+    state_dir: &Path,
 ) -> Result<Prepared, RuntimeError> {
     let action = invocation.action();
     if action == Action::Modify {
@@ -195,20 +202,46 @@ pub fn prepare(
             return Err(error.clone().into());
         }
     }
-    let runtime = find_runtime(
-        &config.nvidia_container_runtime.runtimes,
-        path_env,
-        self_exe,
-    )?;
+    let bundle = || match &invocation.bundle {
+        Some(bundle) => Ok(bundle.clone()),
+        None => std::env::current_dir().map_err(RuntimeError::WorkingDirectory),
+    };
     let mut patched = None;
-    if action == Action::Modify {
-        let bundle = match &invocation.bundle {
-            Some(bundle) => bundle.clone(),
-            None => std::env::current_dir().map_err(RuntimeError::WorkingDirectory)?,
-        };
-        let hook = || find_hook(config, source, path_env, self_exe);
-        patched = modify_bundle(&bundle, config, &hook)?;
-    }
+    let mut warning = None;
+    let runtime = match config {
+        ConfigState::Loaded(config, source) => {
+            let runtime = find_runtime(
+                &config.nvidia_container_runtime.runtimes,
+                path_env,
+                self_exe,
+            )?;
+            if action == Action::Modify {
+                let hook = || find_hook(&config, &source, path_env, self_exe);
+                patched = modify_bundle(&bundle()?, &config, &hook)?;
+                fallback::remember_runtimes(state_dir, &config.nvidia_container_runtime.runtimes);
+            }
+            runtime
+        }
+        ConfigState::Broken(error) => {
+            if action == Action::Modify {
+                // Unreadable or missing: runc's to report, as for any bundle.
+                let asks = RawSpec::read(&bundle()?)
+                    .is_ok_and(|raw| fallback::may_request_devices(&raw.bytes));
+                if asks {
+                    return Err(error.into());
+                }
+            }
+            warning = Some(format!(
+                "{}; this call went on without it (it asked for no GPU), with the low-level runtime of the last good config",
+                crate::logging::error_chain(&error)
+            ));
+            find_runtime(
+                &fallback::runtimes_without_config(state_dir),
+                path_env,
+                self_exe,
+            )?
+        }
+    };
     let mut exec_argv = argv.to_vec();
     if let Some(first) = exec_argv.first_mut() {
         *first = runtime.clone().into_os_string();
@@ -218,6 +251,7 @@ pub fn prepare(
         argv: exec_argv,
         print_version: action == Action::Version,
         patched,
+        warning,
     })
 }
 

@@ -40,7 +40,7 @@ impl RunOutput {
 /// Time limit for one container run.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub(crate) fn runtime_command(
+pub fn runtime_command(
     runtime: &Path,
     state_root: &Path,
     bundle: &Bundle,

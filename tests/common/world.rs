@@ -18,6 +18,9 @@ pub struct World {
     pub driver: FakeDriver,
     pub config: PathBuf,
     pub state_root: PathBuf,
+    /// The runtime's own state dir (what it remembers between calls), kept
+    /// out of the host's `/run/nvidia-container-runtime`.
+    pub runtime_state: PathBuf,
 }
 
 impl World {
@@ -38,20 +41,28 @@ impl World {
         }
         let state_root = tmp.path().join("state");
         fs::create_dir_all(&state_root).expect("create state root");
+        let runtime_state = tmp.path().join("runtime-state");
         World {
             tmp,
             driver,
             config,
             state_root,
+            runtime_state,
         }
     }
 
     /// The environment that points the runtime at this world's config.
     pub fn config_env(&self) -> Vec<(&str, &str)> {
-        vec![(
-            "NVIDIA_CTK_CONFIG_FILE_PATH",
-            self.config.to_str().expect("UTF-8 config path"),
-        )]
+        vec![
+            (
+                "NVIDIA_CTK_CONFIG_FILE_PATH",
+                self.config.to_str().expect("UTF-8 config path"),
+            ),
+            (
+                "NVIDIA_CONTAINER_RUNTIME_STATE_DIR",
+                self.runtime_state.to_str().expect("UTF-8 temp path"),
+            ),
+        ]
     }
 
     /// A bundle in this world's temp dir.
