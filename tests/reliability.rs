@@ -836,12 +836,17 @@ fn the_driver_disappearing_between_discovery_and_start() {
     .unwrap();
     started.assert_success("start after the node was removed");
     let listing_path = world.tmp.path().join(format!("{id}.stdout"));
+    // Wait for what the assertion needs: the whole listing, which is there
+    // once `ls` (the container's only process) has exited.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut listing = String::new();
-    while Instant::now() < deadline && !listing.contains(&node_name) {
+    while container_status(Path::new(RUNTIME), &world.state_root, &bundle, &id, &world.env())
+        .as_deref()
+        != Some("stopped")
+    {
+        assert!(Instant::now() < deadline, "the container did not stop");
         std::thread::sleep(Duration::from_millis(20));
-        listing = fs::read_to_string(&listing_path).unwrap_or_default();
     }
+    let listing = fs::read_to_string(&listing_path).unwrap_or_default();
     assert_eq!(gpu_nodes(&listing), [node_name.as_str()], "{listing}");
     world.force_delete(&id);
     let again = world.bundle(
