@@ -36,6 +36,38 @@ pub enum Command {
         #[command(subcommand)]
         command: CdiCommand,
     },
+    /// What this host offers and what a container would get: driver, CUDA
+    /// version, GPUs and MIG devices, device nodes, libraries, the engines
+    /// that have us registered, the CDI specs.
+    Info(InfoArgs),
+    /// Check for the failures users hit most; prints ok, warn or fail with
+    /// the fix for each, and exits 1 on any fail.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Print JSON, for machines.
+    #[arg(long)]
+    pub json: bool,
+    /// The runtime's config.toml (see `cdi generate --help`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Read the engines' configs, /proc and /sys under this dir (a mounted
+    /// host root) [default: /].
+    #[arg(long, default_value = "/")]
+    pub host_root: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The runtime's config.toml (see `cdi generate --help`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Read the engines' configs, /proc and /sys under this dir (a mounted
+    /// host root) [default: /].
+    #[arg(long, default_value = "/")]
+    pub host_root: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

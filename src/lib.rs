@@ -8,7 +8,8 @@
 //! 2. The entry points: [`runtime`] (one invocation of the runtime: argv
 //!    scan, locating runc and the hook, the legacy/CDI mode, the patch,
 //!    then the exec), [`hook`] (one call of the prestart hook), [`ctk`]
-//!    (`nvidia-ctk`'s command line) and [`nvidia_docker`].
+//!    (`nvidia-ctk`'s command line), [`inspect`] (`nvidia-ctk info` and
+//!    `doctor`, which use the runtime's lookups) and [`nvidia_docker`].
 //! 3. [`oci`]: the bundle's `config.json` (read, patch, write) and the OCI
 //!    state a hook reads.
 //! 4. [`edits`]: what a GPU container gets, as one model, and its
@@ -30,6 +31,7 @@ pub mod ctk;
 pub mod driver;
 pub mod edits;
 pub mod hook;
+pub mod inspect;
 pub mod nvidia_docker;
 pub mod oci;
 pub mod request;

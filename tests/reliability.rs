@@ -839,8 +839,14 @@ fn the_driver_disappearing_between_discovery_and_start() {
     // Wait for what the assertion needs: the whole listing, which is there
     // once `ls` (the container's only process) has exited.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while container_status(Path::new(RUNTIME), &world.state_root, &bundle, &id, &world.env())
-        .as_deref()
+    while container_status(
+        Path::new(RUNTIME),
+        &world.state_root,
+        &bundle,
+        &id,
+        &world.env(),
+    )
+    .as_deref()
         != Some("stopped")
     {
         assert!(Instant::now() < deadline, "the container did not stop");

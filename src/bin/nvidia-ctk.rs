@@ -13,11 +13,12 @@ use nvidia_container_runtime::cdi::{self, Format, Registry};
 use nvidia_container_runtime::config::{Config, Source};
 use nvidia_container_runtime::configure::{self, Applied, Options};
 use nvidia_container_runtime::ctk::{
-    CdiCommand, Cli, Command, ConfigureArgs, FormatArg, GenerateArgs, ListArgs, RuntimeCommand,
-    StrategyArg,
+    CdiCommand, Cli, Command, ConfigureArgs, DoctorArgs, FormatArg, GenerateArgs, InfoArgs,
+    ListArgs, RuntimeCommand, StrategyArg,
 };
 use nvidia_container_runtime::driver::{Driver, Roots};
 use nvidia_container_runtime::edits::{self, GenerateOptions, NameStrategy};
+use nvidia_container_runtime::inspect::{self, ConfigReport, HostRoot};
 use nvidia_container_runtime::runtime::{find_hook, lookup_executable};
 
 fn main() -> ExitCode {
@@ -32,6 +33,8 @@ fn main() -> ExitCode {
         Command::Cdi {
             command: CdiCommand::List(args),
         } => cdi_list(args),
+        Command::Info(args) => info(args),
+        Command::Doctor(args) => return doctor(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,4 +223,32 @@ fn cdi_list(args: ListArgs) -> anyhow::Result<()> {
         println!("{name}");
     }
     Ok(())
+}
+
+fn info(args: InfoArgs) -> anyhow::Result<()> {
+    let config = ConfigReport::load(args.config.as_deref(), |key| std::env::var(key).ok());
+    let info = inspect::info::collect(&config, &HostRoot(args.host_root));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        print!("{}", info.text());
+    }
+    Ok(())
+}
+
+fn doctor(args: DoctorArgs) -> ExitCode {
+    let config = ConfigReport::load(args.config.as_deref(), |key| std::env::var(key).ok());
+    let path_env = std::env::var("PATH").ok();
+    let self_exe = std::env::current_exe().unwrap_or_default();
+    let context = inspect::doctor::Context {
+        config: &config,
+        host: &HostRoot(args.host_root),
+        path_env: path_env.as_deref(),
+        self_exe: &self_exe,
+    };
+    let findings = inspect::doctor::run(&context);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    ExitCode::from(inspect::doctor::exit_code(&findings))
 }

@@ -359,6 +359,51 @@ impl Driver {
         Ok(libraries)
     }
 
+    /// Whether the driver root's `ld.so.cache` lists this driver's
+    /// libraries (else they come from the scan of the library dirs).
+    pub fn libraries_in_ld_cache(&self) -> bool {
+        let root = &self.roots.driver_root;
+        let cache_path = confined::resolve(root, Path::new("/etc/ld.so.cache"))
+            .unwrap_or_else(|_| root.join("etc/ld.so.cache"));
+        crate::bounded::read_file(&cache_path, crate::bounded::LD_SO_CACHE)
+            .ok()
+            .and_then(|bytes| LdCache::parse(&bytes).ok())
+            .and_then(|cache| self.libraries_from_cache(&cache, LibraryArch::X86_64).ok())
+            .is_some_and(|found| !found.is_empty())
+    }
+
+    /// Driver libraries of another version in the library dirs: left out of
+    /// every container (a half-upgraded driver, or an old one not removed).
+    pub fn other_version_libraries(&self) -> Vec<PathBuf> {
+        let all_prefixes: Vec<&str> = Capability::ALL
+            .into_iter()
+            .flat_map(library_prefixes)
+            .copied()
+            .collect();
+        let mut found = Vec::new();
+        for dir in LIBRARY_DIRS {
+            let Ok(resolved) = confined::resolve(&self.roots.driver_root, Path::new(dir)) else {
+                continue;
+            };
+            for entry in std::fs::read_dir(&resolved).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some((base, version)) = name.split_once(".so.") else {
+                    continue;
+                };
+                let is_driver_version = version.split('.').count() >= 2
+                    && version
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+                if all_prefixes.contains(&base) && is_driver_version && version != self.version {
+                    found.push(entry.path());
+                }
+            }
+        }
+        found.sort();
+        found.dedup();
+        found
+    }
+
     /// Binaries for these capabilities found under the driver root, mounted
     /// at `/usr/bin/<name>` in the container.
     pub fn binaries(&self, capabilities: Capabilities) -> Vec<HostFile> {
