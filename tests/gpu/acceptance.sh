@@ -692,6 +692,91 @@ check_require() {
     done
 }
 
+# The requirement string of the nvidia/cuda:12.6 images: its cuda>= term
+# makes the runtime dlopen the driver root's libcuda and call
+# cuDriverGetVersion, and a failing cuda>= falls through to brand= terms.
+CUDA_12_IMAGE_REQUIRE='cuda>=12.6 brand=unknown,driver>=470,driver<471 brand=grid,driver>=470,driver<471 brand=tesla,driver>=470,driver<471 brand=nvidia,driver>=470,driver<471 brand=quadro,driver>=470,driver<471 brand=quadrortx,driver>=470,driver<471 brand=nvidiartx,driver>=470,driver<471 brand=vapps,driver>=470,driver<471 brand=vpc,driver>=470,driver<471 brand=vcs,driver>=470,driver<471 brand=vws,driver>=470,driver<471 brand=cloudgaming,driver>=470,driver<471 brand=unknown,driver>=535,driver<536 brand=geforce,driver>=535,driver<536'
+REQUIRE_COST=""
+
+# What the real driver adds to a start: `create` into a no-op low-level
+# runtime (true) with a stock CUDA image's NVIDIA_REQUIRE_CUDA against the
+# same without it, interleaved. The difference is the dlopen of libcuda and
+# cuDriverGetVersion (NVML too when cuda>= fails).
+check_require_cost() {
+    section "cost of NVIDIA_REQUIRE_CUDA: $TIMING_RUNS x create into a no-op runtime, with and without, interleaved"
+    local conf_noop=$WORK/config-noop.toml truepath
+    truepath=$(command -v true)
+    sed "s#^runtimes = .*#runtimes = [\"$truepath\"]#; s#^debug = .*#debug = \"/dev/null\"#" "$CONF" >"$conf_noop"
+    local with without i t0 t1 bad=0
+    with=$(new_bundle cost-with '["true"]' NVIDIA_VISIBLE_DEVICES=all "NVIDIA_REQUIRE_CUDA=$CUDA_12_IMAGE_REQUIRE")
+    without=$(new_bundle cost-without '["true"]' NVIDIA_VISIBLE_DEVICES=all)
+    cp "$with/config.json" "$WORK/cost-with.json"
+    cp "$without/config.json" "$WORK/cost-without.json"
+    : >"$WORK/c-with"
+    : >"$WORK/c-without"
+    for i in $(seq 1 "$TIMING_RUNS"); do
+        in_budget || break
+        local order="with without"
+        [ $((i % 2)) = 0 ] && order="without with"
+        for side in $order; do
+            local b=$with
+            [ "$side" = without ] && b=$without
+            cp "$WORK/cost-$side.json" "$b/config.json"
+            t0=$(now_ns)
+            NVIDIA_CTK_CONFIG_FILE_PATH=$conf_noop "$RT" --root "$STATE" create --bundle "$b" "cost-$$-$i-$side" \
+                </dev/null >"$LOGS/cost-$side.out" 2>"$LOGS/cost-$side.err"
+            local rc=$?
+            t1=$(now_ns)
+            if [ "$rc" = 0 ]; then
+                echo "$(((t1 - t0) / 1000))" >>"$WORK/c-$side"
+            else
+                bad=$((bad + 1))
+                info "$side: rc=$rc $(one_line "$LOGS/cost-$side.err" 300)"
+            fi
+        done
+    done
+    local mw mo
+    mw=$(sort -n "$WORK/c-with" | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+    mo=$(sort -n "$WORK/c-without" | awk '{a[NR]=$1} END {print (NR ? a[int((NR+1)/2)] : 0)}')
+    REQUIRE_COST=$(awk -v w="$mw" -v o="$mo" -v nw="$(wc -l <"$WORK/c-with")" -v no="$(wc -l <"$WORK/c-without")" 'BEGIN {
+        printf "| create into a no-op runtime | runs | median (ms) |\n|---|---|---|\n"
+        printf "| with the CUDA 12.6 image NVIDIA_REQUIRE_CUDA | %d | %.2f |\n", nw, w/1000
+        printf "| without | %d | %.2f |\n", no, o/1000
+        printf "\nthe requirement check adds **%.2f ms** (median)\n", (w-o)/1000
+    }')
+    printf '%s\n' "$REQUIRE_COST"
+    if [ "$bad" != 0 ]; then
+        # On a host whose CUDA is older than 12.6 the requirement is refused:
+        # that is the check working, and its cost is still measured.
+        info "$bad creates refused (a host below CUDA 12.6 refuses the image: expected there)"
+    fi
+    if [ -s "$WORK/c-without" ]; then
+        pass "require-cost" "$(printf '%s\n' "$REQUIRE_COST" | grep -o 'adds.*' | tr -d '*')"
+    else
+        fail "require-cost" "no create without the requirement succeeded"
+    fi
+}
+
+# nvidia-ctk info and doctor on this host, as a support ticket would show
+# them: info must name the driver the kernel module reports.
+check_ctk_reports() {
+    section "nvidia-ctk info / doctor on this host"
+    local ctk=$CARRY/bin/nvidia-ctk
+    NVIDIA_CTK_CONFIG_FILE_PATH=$CONF "$ctk" info --config "$CONF" >"$LOGS/info.out" 2>"$LOGS/info.err"
+    local rc=$?
+    show "$LOGS/info.out" 40
+    NVIDIA_CTK_CONFIG_FILE_PATH=$CONF "$ctk" doctor --config "$CONF" >"$LOGS/doctor.out" 2>&1
+    local drc=$?
+    show "$LOGS/doctor.out" 40
+    local version
+    version=$(sed -n 's/^driver: \([0-9.]*\).*/\1/p' "$LOGS/info.out")
+    if [ "$rc" = 0 ] && [ -n "$version" ]; then
+        pass "ctk-info" "driver $version; doctor exit $drc, $(grep -c '^fail' "$LOGS/doctor.out") fail lines"
+    else
+        fail "ctk-info" "rc=$rc $(one_line "$LOGS/info.err" 300) $(one_line "$LOGS/info.out" 200)"
+    fi
+}
+
 TIMING_TABLE=""
 check_timing() {
     section "start timing: $TIMING_RUNS x ($WORKLOAD_NAME) through our runtime vs plain runc, interleaved"
@@ -800,6 +885,12 @@ write_results() {
             printf '%s\n' "$TIMING_TABLE"
             echo
         fi
+        if [ -n "$REQUIRE_COST" ]; then
+            echo "## Cost of a stock CUDA image's NVIDIA_REQUIRE_CUDA"
+            echo
+            printf '%s\n' "$REQUIRE_COST"
+            echo
+        fi
         echo "**$PASSED passed, $FAILED failed, $SKIPPED skipped**"
     } >"$md"
     if [ "$SIMULATED" != 1 ]; then
@@ -837,7 +928,7 @@ main() {
         check_runc_sanity
         if [ "$host_ok" = 0 ] && choose_config; then
             local step
-            for step in check_smi check_none check_void check_cuda_container check_proc check_require check_timing; do
+            for step in check_smi check_none check_void check_cuda_container check_proc check_require check_ctk_reports check_require_cost check_timing; do
                 if in_budget; then
                     $step
                 else

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the test suite's fake NVIDIA driver (tests/common/mod.rs,
+# Builds the test suite's fake NVIDIA driver (tests/common/fake_driver.rs,
 # FakeDriver::build with FakeDriverOptions::two_gpus()) in DIR, from the same
 # C sources in tests/fixtures/, for acceptance.sh --simulated:
 #
@@ -45,7 +45,7 @@ mkdir -p "$SRC" "$DRV/$LIB_DIR" "$DRV/usr/bin" "$DRV/etc" "$DRV/var" "$DIR/link"
     done
     echo "    { -1, \"\", \"\", \"\", 0u, 0u, 0u },"
     echo "};"
-    # The MIG table (tests/common/mod.rs gpu_header), empty: no MIG here.
+    # The MIG table (tests/common/artifacts.rs gpu_header), empty: no MIG here.
     if grep -q FAKE_MIGS "$FIXTURES/fake_nvml.c"; then
         echo "#define FAKE_MIG_PROFILE \"1g.10gb\""
         echo "#define FAKE_MIG_COUNT 0u"
@@ -54,9 +54,9 @@ mkdir -p "$SRC" "$DRV/$LIB_DIR" "$DRV/usr/bin" "$DRV/etc" "$DRV/var" "$DIR/link"
         echo "};"
     fi
 } >"$SRC/fake_gpus.h"
-# The header mirrors gpu_header() in tests/common/mod.rs; if the fixtures
+# The header mirrors gpu_header() in tests/common/artifacts.rs; if the fixtures
 # change shape, gcc fails below: update the lines above to match.
-trap 'echo "make-fake-driver.sh: failed; if gcc complained about FAKE_* names, tests/fixtures/ changed: mirror gpu_header() of tests/common/mod.rs above" >&2' ERR
+trap 'echo "make-fake-driver.sh: failed; if gcc complained about FAKE_* names, tests/fixtures/ changed: mirror gpu_header() of tests/common/artifacts.rs above" >&2' ERR
 cp "$FIXTURES"/fake_cuda.c "$FIXTURES"/fake_nvml.c "$FIXTURES"/fake_smi.c \
     "$FIXTURES"/fake_tool.c "$FIXTURES"/fake_lib.c "$SRC/"
 
