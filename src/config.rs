@@ -54,6 +54,7 @@ pub struct Config {
     pub nvidia_container_runtime: RuntimeConfig,
     pub nvidia_container_runtime_hook: HookConfig,
     pub nvidia_ctk: CtkConfig,
+    pub features: FeaturesConfig,
     /// Keys we do not know, kept only to log them at debug level.
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
@@ -94,6 +95,7 @@ pub struct RuntimeConfig {
 #[serde(default, rename_all = "kebab-case")]
 pub struct ModesConfig {
     pub cdi: CdiModeConfig,
+    pub legacy: LegacyModeConfig,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -104,6 +106,42 @@ pub struct CdiModeConfig {
     pub default_kind: String,
     pub annotation_prefixes: Vec<String>,
     pub spec_dirs: Vec<String>,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// `[nvidia-container-runtime.modes.legacy]`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct LegacyModeConfig {
+    pub cuda_compat_mode: CudaCompatMode,
+    #[serde(flatten)]
+    pub unknown: BTreeMap<String, toml::Value>,
+}
+
+/// How an image's CUDA forward-compatibility libraries
+/// (`/usr/local/cuda/compat`) are used, NVIDIA's `cuda-compat-mode` values.
+/// Ours never mounts nor opens them: `ldconfig` (the default), `hook` and
+/// `mount` all mean that the hook lists them first in the container's
+/// ld.so.cache when they are newer than the host's driver; `disabled` turns
+/// that off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CudaCompatMode {
+    #[default]
+    Ldconfig,
+    Hook,
+    Mount,
+    Disabled,
+}
+
+/// `[features]`, NVIDIA's feature flags that this runtime reads.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct FeaturesConfig {
+    /// Turns the CUDA forward-compatibility handling off, as NVIDIA's flag
+    /// of that name turns off its `enable-cuda-compat` hook.
+    pub disable_cuda_compat_lib_hook: bool,
     #[serde(flatten)]
     pub unknown: BTreeMap<String, toml::Value>,
 }
@@ -139,6 +177,7 @@ impl Default for Config {
             nvidia_container_runtime: RuntimeConfig::default(),
             nvidia_container_runtime_hook: HookConfig::default(),
             nvidia_ctk: CtkConfig::default(),
+            features: FeaturesConfig::default(),
             unknown: BTreeMap::new(),
         }
     }
@@ -289,6 +328,12 @@ impl Config {
         non_empty_path(&self.nvidia_container_runtime.sys_root, "/sys")
     }
 
+    /// Whether the hook uses an image's newer CUDA compat libraries.
+    pub fn cuda_compat_enabled(&self) -> bool {
+        self.nvidia_container_runtime.modes.legacy.cuda_compat_mode != CudaCompatMode::Disabled
+            && !self.features.disable_cuda_compat_lib_hook
+    }
+
     /// Every key we ignored, dotted, for a debug log line.
     pub fn unknown_keys(&self) -> Vec<String> {
         let mut keys = Vec::new();
@@ -314,6 +359,11 @@ impl Config {
             &self.nvidia_container_runtime_hook.unknown,
         );
         add("nvidia-ctk.", &self.nvidia_ctk.unknown);
+        add(
+            "nvidia-container-runtime.modes.legacy.",
+            &self.nvidia_container_runtime.modes.legacy.unknown,
+        );
+        add("features.", &self.features.unknown);
         keys
     }
 }

@@ -50,6 +50,10 @@ pub struct InfoArgs {
     /// Print JSON, for machines.
     #[arg(long)]
     pub json: bool,
+    /// An image's root filesystem: report its CUDA forward-compatibility
+    /// libraries (/usr/local/cuda/compat) and whether they would be used.
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
     /// The runtime's config.toml (see `cdi generate --help`).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -859,3 +859,136 @@ fn a_state_over_the_limit_is_reported_as_a_limit() {
     assert_eq!(status, 1, "{stderr}");
     assert!(stderr.contains("is not valid"), "{stderr}");
 }
+
+/// The CUDA compat libcuda an image carries: a real shared object with
+/// the SONAME libcuda.so.1 whose cuDriverGetVersion says 12.6, so a program
+/// shows which libcuda its loader picked.
+const COMPAT_LIBCUDA_C: &str = "int cuDriverGetVersion(int *v) { *v = 12060; return 0; }\n";
+/// dlopens libcuda.so.1 and prints the file dladdr names and its version.
+const WHICH_CUDA_C: &str = r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+int main(void) {
+    void *h = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!h) { printf("dlopen failed: %s\n", dlerror()); return 1; }
+    int (*get)(int *) = (int (*)(int *))dlsym(h, "cuDriverGetVersion");
+    Dl_info info;
+    int version = 0;
+    if (!get || !dladdr((void *)get, &info)) { printf("no cuDriverGetVersion\n"); return 1; }
+    get(&version);
+    printf("%s %d\n", info.dli_fname, version);
+    return 0;
+}
+"#;
+
+fn gcc(args: &[&str]) {
+    let out = Command::new("gcc").args(args).output().unwrap();
+    assert!(out.status.success(), "gcc {args:?}: {out:?}");
+}
+
+#[test]
+fn cuda_forward_compatibility_uses_only_newer_compat_libraries() {
+    if !require_root() {
+        return;
+    }
+    let setup = World::new("hook-compat");
+    let work = setup.dir("compat-build");
+    fs::create_dir_all(&work).unwrap();
+    fs::write(work.join("compat.c"), COMPAT_LIBCUDA_C).unwrap();
+    fs::write(work.join("which.c"), WHICH_CUDA_C).unwrap();
+    let compat_lib = work.join("libcuda-compat.so");
+    gcc(&[
+        "-shared",
+        "-fPIC",
+        "-Wl,-soname,libcuda.so.1",
+        "-o",
+        compat_lib.to_str().unwrap(),
+        work.join("compat.c").to_str().unwrap(),
+    ]);
+    let which = work.join("which-cuda");
+    gcc(&[
+        "-o",
+        which.to_str().unwrap(),
+        work.join("which.c").to_str().unwrap(),
+        "-ldl",
+    ]);
+    // A host dir and a host file that hostile images point their compat
+    // dir and their compat libcuda at.
+    let host_dir = setup.dir("host-compat");
+    fs::create_dir_all(&host_dir).unwrap();
+    fs::copy(&compat_lib, host_dir.join("libcuda.so.560.35.03")).unwrap();
+    symlink("libcuda.so.560.35.03", host_dir.join("libcuda.so.1")).unwrap();
+    let host_file = setup.dir("host-libcuda.so");
+    fs::copy(&compat_lib, &host_file).unwrap();
+    let host_before = (tree_snapshot(&host_dir), fs::read(&host_file).unwrap());
+
+    let host_lib = "/usr/lib/x86_64-linux-gnu/libcuda.so.1 12040";
+    let compat_used = "/usr/local/cuda/compat/libcuda.so.1 12060";
+    // (case, compat libcuda version or how the compat dir is made, extra
+    // config, what the program must print)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("newer", "560.35.03", "", compat_used),
+        ("same-major", "550.90.07", "", host_lib),
+        ("older", "535.183.01", "", host_lib),
+        ("dir-symlink-to-host", "dir-link", "", host_lib),
+        ("lib-symlink-to-host", "lib-link", "", host_lib),
+        (
+            "feature-off",
+            "560.35.03",
+            "\n[features]\ndisable-cuda-compat-lib-hook = true\n",
+            host_lib,
+        ),
+        (
+            "mode-disabled",
+            "560.35.03",
+            "\n[nvidia-container-runtime.modes.legacy]\ncuda-compat-mode = \"disabled\"\n",
+            host_lib,
+        ),
+    ];
+    let good_config = fs::read_to_string(&setup.config).unwrap();
+    for (case, version, extra_config, expected) in cases {
+        fs::write(&setup.config, format!("{good_config}{extra_config}")).unwrap();
+        let bundle = setup.gpu_bundle(
+            &format!("compat-{case}"),
+            RootfsKind::Glibc { ldconfig: true },
+            &["sh", "-c", "which-cuda; ldconfig -p | grep 'libcuda.so.1 '"],
+            &[],
+        );
+        let rootfs = bundle.dir.join("rootfs");
+        fs::copy(&which, rootfs.join("usr/bin/which-cuda")).unwrap();
+        let compat = rootfs.join("usr/local/cuda/compat");
+        fs::create_dir_all(compat.parent().unwrap()).unwrap();
+        match *version {
+            "dir-link" => symlink(&host_dir, &compat).unwrap(),
+            "lib-link" => {
+                fs::create_dir_all(&compat).unwrap();
+                symlink(&host_file, compat.join("libcuda.so.560.35.03")).unwrap();
+                symlink("libcuda.so.560.35.03", compat.join("libcuda.so.1")).unwrap();
+            }
+            version => {
+                fs::create_dir_all(&compat).unwrap();
+                let file = format!("libcuda.so.{version}");
+                fs::copy(&compat_lib, compat.join(&file)).unwrap();
+                symlink(&file, compat.join("libcuda.so.1")).unwrap();
+            }
+        }
+        let out = setup.run(&bundle, &format!("compat-{case}"));
+        setup.assert_ran(&out, case);
+        let mut lines = out.stdout.lines();
+        assert_eq!(lines.next(), Some(*expected), "{case}: {}", out.stdout);
+        // The image's own ldconfig reads the cache the hook wrote: the
+        // first libcuda.so.1 entry is the one the loader takes.
+        let first = lines.next().unwrap_or_default();
+        let expected_path = expected.split(' ').next().unwrap();
+        assert!(
+            first.trim_end().ends_with(expected_path),
+            "{case}: ldconfig -p lists {first:?} first"
+        );
+    }
+    fs::write(&setup.config, good_config).unwrap();
+    assert_eq!(
+        (tree_snapshot(&host_dir), fs::read(&host_file).unwrap()),
+        host_before,
+        "a host file changed"
+    );
+}

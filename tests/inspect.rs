@@ -365,3 +365,34 @@ fn doctor_checks_cdi_specs_and_kubernetes_trust() {
     let out = host.doctor();
     assert_line(&out, "kubernetes", "ok", "cannot pick GPUs");
 }
+
+#[test]
+fn info_tells_whether_an_images_cuda_compat_libraries_would_be_used() {
+    if !require_root() {
+        return;
+    }
+    let host = Host::new("info-compat", FakeDriverOptions::two_gpus(), "");
+    let rootfs = host.world.tmp.path().join("image");
+    let compat = rootfs.join("usr/local/cuda/compat");
+    fs::create_dir_all(&compat).unwrap();
+    fs::write(compat.join("libcuda.so.560.35.03"), "").unwrap();
+    std::os::unix::fs::symlink("libcuda.so.560.35.03", compat.join("libcuda.so.1")).unwrap();
+    let rootfs_arg = rootfs.to_str().unwrap();
+    let out = host.ctk(&["info", "--rootfs", rootfs_arg]);
+    out.assert_success("info --rootfs");
+    assert!(
+        out.stdout.contains("cuda compat: /usr/local/cuda/compat: libcuda 560.35.03 is newer than the host's driver: listed first (libcuda.so.1)"),
+        "{}",
+        out.stdout
+    );
+    fs::remove_file(compat.join("libcuda.so.560.35.03")).unwrap();
+    fs::write(compat.join("libcuda.so.535.183.01"), "").unwrap();
+    let out = host.ctk(&["info", "--rootfs", rootfs_arg]);
+    assert!(
+        out.stdout.contains(&format!(
+            "libcuda 535.183.01 is not newer than the host's driver {DRIVER_VERSION}: not used"
+        )),
+        "{}",
+        out.stdout
+    );
+}

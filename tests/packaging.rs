@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use nvidia_container_runtime::config::{
-    CdiModeConfig, CliConfig, Config, CtkConfig, HookConfig, ModesConfig, RuntimeConfig,
+    CdiModeConfig, CliConfig, Config, CtkConfig, FeaturesConfig, HookConfig, LegacyModeConfig,
+    ModesConfig, RuntimeConfig,
 };
 
 const SHIPPED_CONFIG: &str = include_str!("../packaging/config.toml");
@@ -71,6 +72,7 @@ fn shipped_config_sets_every_key_to_its_default() {
         nvidia_container_runtime,
         nvidia_container_runtime_hook,
         nvidia_ctk,
+        features,
         unknown: _,
     } = parsed;
     same(
@@ -158,7 +160,21 @@ fn shipped_config_sets_every_key_to_its_default() {
         &runtime.sys_root,
     );
 
-    let ModesConfig { cdi, unknown: _ } = modes;
+    let ModesConfig {
+        cdi,
+        legacy,
+        unknown: _,
+    } = modes;
+    let LegacyModeConfig {
+        cuda_compat_mode,
+        unknown: _,
+    } = legacy;
+    same(
+        c,
+        "nvidia-container-runtime.modes.legacy.cuda-compat-mode",
+        &cuda_compat_mode,
+        &runtime.modes.legacy.cuda_compat_mode,
+    );
     let CdiModeConfig {
         default_kind,
         annotation_prefixes,
@@ -194,6 +210,16 @@ fn shipped_config_sets_every_key_to_its_default() {
     );
     let CtkConfig { path, unknown: _ } = nvidia_ctk;
     same(c, "nvidia-ctk.path", &path, &default.nvidia_ctk.path);
+    let FeaturesConfig {
+        disable_cuda_compat_lib_hook,
+        unknown: _,
+    } = features;
+    same(
+        c,
+        "features.disable-cuda-compat-lib-hook",
+        &disable_cuda_compat_lib_hook,
+        &default.features.disable_cuda_compat_lib_hook,
+    );
 
     // Every key checked above is written in the file, and nothing else is.
     let table: toml::Table = toml::from_str(SHIPPED_CONFIG).unwrap();

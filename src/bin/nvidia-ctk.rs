@@ -227,7 +227,7 @@ fn cdi_list(args: ListArgs) -> anyhow::Result<()> {
 
 fn info(args: InfoArgs) -> anyhow::Result<()> {
     let config = ConfigReport::load(args.config.as_deref(), |key| std::env::var(key).ok());
-    let info = inspect::info::collect(&config, &HostRoot(args.host_root));
+    let info = inspect::info::collect(&config, &HostRoot(args.host_root), args.rootfs.as_deref());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {

@@ -31,11 +31,16 @@ pub const MAX_LD_CACHE_BYTES: u64 = LD_SO_CACHE.bytes;
 /// without following a symlink and without blocking on a FIFO. The new
 /// cache is a temp file in `/etc` renamed over `ld.so.cache`, mode 0644; a
 /// symlink at `ld.so.cache` is replaced, never written through.
+///
+/// `preferred` entries (an image's newer CUDA compat libraries) go before
+/// everything else, so that the loader, which takes the first entry of a
+/// name, resolves those names to them.
 pub fn update_ld_cache(
     system: &dyn System,
     root: BorrowedFd<'_>,
     rootfs: &Path,
     libraries: &[(String, PathBuf)],
+    preferred: &[(String, PathBuf)],
 ) -> Result<(usize, Option<String>), HookError> {
     let fail = |action, path, source: io::Error| HookError::LdCache {
         action,
@@ -62,14 +67,19 @@ pub fn update_ld_cache(
             (LdCache::default(), Some(note))
         }
     };
+    let entry = |key: &String, path: &PathBuf| CacheEntry {
+        flags: FLAGS_X86_64_LIBC6,
+        key: key.clone(),
+        value: path.to_string_lossy().into_owned(),
+        os_version: 0,
+        hwcap: 0,
+    };
     for (soname, path) in libraries {
-        cache.add_or_replace(CacheEntry {
-            flags: FLAGS_X86_64_LIBC6,
-            key: soname.clone(),
-            value: path.to_string_lossy().into_owned(),
-            os_version: 0,
-            hwcap: 0,
-        });
+        cache.add_or_replace(entry(soname, path));
+    }
+    // Reversed, each inserted at the front: they keep their own order.
+    for (name, path) in preferred.iter().rev() {
+        cache.entries.insert(0, entry(name, path));
     }
     let bytes = cache.to_bytes();
     match replace_file(system, etc.as_fd(), "ld.so.cache", &bytes, 0o644) {

@@ -36,6 +36,7 @@ use crate::request::requests_gpus;
 use crate::system::System;
 
 pub mod args;
+pub mod cuda_compat;
 pub mod harden;
 pub mod ld_cache;
 pub mod proc_mask;
@@ -143,6 +144,9 @@ pub struct Report {
     pub ld_cache_note: Option<String>,
     /// `/proc/driver/nvidia` was masked.
     pub masked_proc: bool,
+    /// What the image's CUDA compat dir offered, when compute was asked
+    /// for and the handling is on.
+    pub cuda_compat: Option<cuda_compat::Compat>,
 }
 
 /// The prestart stage, from the state on stdin on.
@@ -177,13 +181,39 @@ pub fn prestart(
         args.gpus.clone()
     };
     let masked_tree = read_masked_tree(&proc_source, &gpus, &args.proc_files);
+    // CUDA forward compatibility needs compute (libcuda is injected) and
+    // the host driver's version, read here on the host.
+    let compat_host_version = (config.cuda_compat_enabled()
+        && args
+            .libraries
+            .iter()
+            .any(|(soname, _)| soname == "libcuda.so.1"))
+    .then(|| {
+        crate::bounded::read_file_to_string(
+            &proc_source.join("version"),
+            crate::bounded::PROCFS_FILE,
+        )
+        .ok()
+        .and_then(|text| crate::driver::parse_kernel_version(&text).map(str::to_string))
+    })
+    .flatten();
 
     enter_mount_namespace(system, state.pid)?;
     let root = open_rootfs(system, &rootfs)?;
 
     let mut report = Report::default();
+    let mut preferred = Vec::new();
+    if let Some(host_version) = &compat_host_version {
+        let compat = cuda_compat::inspect(system, root.as_fd(), host_version);
+        tracing::info!("{}: CUDA compat: {}", rootfs.display(), compat.describe());
+        if let cuda_compat::Compat::Use(libraries) = &compat {
+            preferred = libraries.cache_entries();
+        }
+        report.cuda_compat = Some(compat);
+    }
     if !args.libraries.is_empty() {
-        let (entries, note) = update_ld_cache(system, root.as_fd(), &rootfs, &args.libraries)?;
+        let (entries, note) =
+            update_ld_cache(system, root.as_fd(), &rootfs, &args.libraries, &preferred)?;
         report.ld_cache_entries = entries;
         report.ld_cache_note = note;
     }

@@ -96,6 +96,9 @@ fn prestart_enters_the_namespace_then_writes_the_cache_and_masks_proc() {
     let expected = [
         Call::EnterMountNamespace(4242),
         Call::OpenDirectory(rootfs.clone()),
+        // compute (libcuda) was injected: the image's CUDA compat dir is
+        // looked for (there is none).
+        Call::OpenInRoot("usr/local/cuda/compat".to_string()),
         Call::OpenInRoot("etc".to_string()),
         Call::CreateFile(etc.join(&temp)),
         Call::Rename(etc.join(&temp), "ld.so.cache".to_string()),

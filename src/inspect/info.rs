@@ -4,7 +4,7 @@
 //! is not the start path); their absence is reported, not fatal.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -23,6 +23,8 @@ pub struct Info {
     pub driver: Result<DriverInfo, String>,
     pub engines: Vec<EngineRegistration>,
     pub cdi: CdiInfo,
+    /// With `--rootfs`: what the image's CUDA compat dir offers.
+    pub cuda_compat: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,14 +82,39 @@ pub struct CdiSpecInfo {
     pub stale: Vec<String>,
 }
 
-/// Collects everything.
-pub fn collect(config: &ConfigReport, host: &HostRoot) -> Info {
+/// Collects everything; `rootfs`: an image to look into for CUDA compat.
+pub fn collect(config: &ConfigReport, host: &HostRoot, rootfs: Option<&Path>) -> Info {
     let effective = config.effective();
+    let version = current_driver_version(&effective);
     Info {
         config: config.clone(),
         driver: driver_info(&effective),
         engines: registrations(host),
-        cdi: cdi_info(&effective, current_driver_version(&effective).as_deref()),
+        cdi: cdi_info(&effective, version.as_deref()),
+        cuda_compat: rootfs.map(|rootfs| cuda_compat(&effective, rootfs, version.as_deref())),
+    }
+}
+
+/// The hook's own decision for an image: the same code, run on the host
+/// against a rootfs dir (listing and lstat only, as in the container).
+fn cuda_compat(config: &Config, rootfs: &Path, host_version: Option<&str>) -> String {
+    use crate::hook::cuda_compat::inspect;
+    use crate::system::{RealSystem, System};
+    let Some(host_version) = host_version else {
+        return "unknown: no driver loaded to compare with".to_string();
+    };
+    let root = match RealSystem.open_directory(rootfs) {
+        Ok(root) => root,
+        Err(errno) => return format!("cannot open {}: {errno}", rootfs.display()),
+    };
+    let compat = inspect(&RealSystem, std::os::fd::AsFd::as_fd(&root), host_version);
+    if config.cuda_compat_enabled() {
+        compat.describe()
+    } else {
+        format!(
+            "{} (but the handling is off in config.toml)",
+            compat.describe()
+        )
     }
 }
 
@@ -353,6 +380,9 @@ impl Info {
         }
         for (path, problem) in &self.cdi.broken {
             let _ = writeln!(out, "cdi spec {}: broken: {problem}", path.display());
+        }
+        if let Some(compat) = &self.cuda_compat {
+            let _ = writeln!(out, "cuda compat: {compat}");
         }
         if self.cdi.specs.is_empty() && self.cdi.broken.is_empty() {
             let dirs: Vec<String> = self
