@@ -101,6 +101,65 @@ pub trait System: std::fmt::Debug + Send + Sync {
 
     /// Whether the directory `dir` is on a tmpfs.
     fn is_tmpfs(&self, dir: BorrowedFd<'_>) -> nix::Result<bool>;
+
+    /// A detached copy of the file or directory at `path` as a mount of its
+    /// own (`open_tree(OPEN_TREE_CLONE)`, not recursive), in the caller's
+    /// mount namespace: the source of an out-of-band bind mount.
+    fn clone_mount(&self, path: &Path) -> nix::Result<OwnedFd>;
+
+    /// Sets `MOUNT_ATTR_*` flags on a detached mount (`mount_setattr`),
+    /// before it is attached anywhere.
+    fn set_mount_attributes(&self, mount: BorrowedFd<'_>, set: u64) -> nix::Result<()>;
+
+    /// Attaches the detached mount `source` onto `target` (`move_mount`,
+    /// both by fd: no path is resolved).
+    fn attach_mount(&self, source: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()>;
+
+    /// Detaches the mount whose root `mount` is (`umount2(MNT_DETACH)`).
+    fn detach_mount(&self, mount: BorrowedFd<'_>) -> nix::Result<()>;
+
+    /// A pidfd of `pid` (`pidfd_open`): the process cannot be swapped for
+    /// another with the same number while it is held.
+    fn open_pid(&self, pid: i32) -> nix::Result<OwnedFd>;
+
+    /// `setns` into the mount namespace of the process `pidfd` holds.
+    fn enter_mount_namespace_of(&self, pidfd: BorrowedFd<'_>) -> nix::Result<()>;
+
+    /// Writes `bytes` to the existing file `name` beneath `dir`, opened
+    /// write-only without following symlinks (cgroup control files).
+    fn write_control_file(&self, dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result<()>;
+
+    /// `bpf(2)` with `attr` as the command's attribute union.
+    fn bpf(&self, command: u32, attr: &mut [u8]) -> nix::Result<i64>;
+
+    /// Removes the empty directory `path` beneath `dir`.
+    fn remove_directory(&self, dir: BorrowedFd<'_>, path: &str) -> nix::Result<()>;
+
+    /// Whether the directory `dir` is the root of a procfs.
+    fn is_procfs(&self, dir: BorrowedFd<'_>) -> nix::Result<bool>;
+}
+
+const OPEN_TREE_CLONE: u32 = 1;
+const AT_EMPTY_PATH: u32 = 0x1000;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A syscall's `-1`/errno convention as a result.
+fn check(result: nix::libc::c_long) -> nix::Result<nix::libc::c_long> {
+    if result < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(result)
+    }
 }
 
 /// The name of an fd for syscalls that take paths: the magic link of this
@@ -226,6 +285,108 @@ impl System for RealSystem {
         let statfs = nix::sys::statfs::fstatfs(dir)?;
         Ok(statfs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
     }
+
+    fn clone_mount(&self, path: &Path) -> nix::Result<OwnedFd> {
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Errno::EINVAL)?;
+        // SAFETY: open_tree takes a dirfd, a NUL-terminated path that
+        // outlives the call, and flags; it returns a new fd or -1.
+        let fd = check(unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_open_tree,
+                nix::libc::AT_FDCWD,
+                path.as_ptr(),
+                OPEN_TREE_CLONE | nix::libc::O_CLOEXEC as u32,
+            )
+        })?;
+        Ok(owned(fd as std::os::fd::RawFd))
+    }
+
+    fn set_mount_attributes(&self, mount: BorrowedFd<'_>, set: u64) -> nix::Result<()> {
+        let attr = MountAttr {
+            attr_set: set,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: the fd is valid for the call, the path is the empty C
+        // string, and attr points at a mount_attr of the size passed.
+        check(unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_mount_setattr,
+                mount.as_raw_fd(),
+                c"".as_ptr(),
+                AT_EMPTY_PATH,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        })?;
+        Ok(())
+    }
+
+    fn attach_mount(&self, source: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
+        // SAFETY: both fds are valid for the call and both paths are the
+        // empty C string (the fds themselves name source and target).
+        check(unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_move_mount,
+                source.as_raw_fd(),
+                c"".as_ptr(),
+                target.as_raw_fd(),
+                c"".as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        })?;
+        Ok(())
+    }
+
+    fn detach_mount(&self, mount: BorrowedFd<'_>) -> nix::Result<()> {
+        nix::mount::umount2(fd_path(mount).as_str(), nix::mount::MntFlags::MNT_DETACH)
+    }
+
+    fn open_pid(&self, pid: i32) -> nix::Result<OwnedFd> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = check(unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid, 0) })?;
+        Ok(owned(fd as std::os::fd::RawFd))
+    }
+
+    fn enter_mount_namespace_of(&self, pidfd: BorrowedFd<'_>) -> nix::Result<()> {
+        nix::sched::setns(pidfd, CloneFlags::CLONE_NEWNS)
+    }
+
+    fn write_control_file(&self, dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        let fd = openat2(dir.as_raw_fd(), name, how)?;
+        let mut file = File::from(owned(fd));
+        // One write per rule: a cgroup control file takes one rule a write.
+        file.write_all(bytes)
+    }
+
+    fn bpf(&self, command: u32, attr: &mut [u8]) -> nix::Result<i64> {
+        // SAFETY: attr is a live, writable buffer of the size passed; the
+        // kernel reads and writes at most that many bytes of it.
+        let result = check(unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_bpf,
+                command,
+                attr.as_mut_ptr(),
+                attr.len() as u32,
+            )
+        })?;
+        Ok(result as i64)
+    }
+
+    fn remove_directory(&self, dir: BorrowedFd<'_>, path: &str) -> nix::Result<()> {
+        nix::unistd::unlinkat(Some(dir.as_raw_fd()), path, UnlinkatFlags::RemoveDir)
+    }
+
+    fn is_procfs(&self, dir: BorrowedFd<'_>) -> nix::Result<bool> {
+        let statfs = nix::sys::statfs::fstatfs(dir)?;
+        Ok(statfs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+    }
 }
 
 /// One call made through a [`RecordingSystem`]; fds are shown as the paths
@@ -242,6 +403,15 @@ pub enum Call {
     RemoveFile(PathBuf),
     MountTmpfs { target: PathBuf, options: String },
     RemountReadOnly(PathBuf),
+    CloneMount(PathBuf),
+    SetMountAttributes(u64),
+    AttachMount { target: PathBuf },
+    DetachMount,
+    OpenPid(i32),
+    EnterMountNamespaceOf,
+    WriteControlFile { file: PathBuf, text: String },
+    Bpf(u32),
+    RemoveDirectory(PathBuf),
 }
 
 /// A [`System`] for tests as an ordinary user: device nodes come from a
@@ -370,6 +540,66 @@ impl System for RecordingSystem {
             Some(id) if lock(&self.mounted).contains(&id) => Ok(true),
             _ => RealSystem.is_tmpfs(dir),
         }
+    }
+
+    /// An `O_PATH` fd of the path stands for the detached mount.
+    fn clone_mount(&self, path: &Path) -> nix::Result<OwnedFd> {
+        self.record(Call::CloneMount(path.to_path_buf()));
+        let flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+        nix::fcntl::open(path, flags, Mode::empty()).map(owned)
+    }
+
+    fn set_mount_attributes(&self, _mount: BorrowedFd<'_>, set: u64) -> nix::Result<()> {
+        self.record(Call::SetMountAttributes(set));
+        Ok(())
+    }
+
+    fn attach_mount(&self, _source: BorrowedFd<'_>, target: BorrowedFd<'_>) -> nix::Result<()> {
+        self.record(Call::AttachMount {
+            target: path_of(target),
+        });
+        Ok(())
+    }
+
+    fn detach_mount(&self, _mount: BorrowedFd<'_>) -> nix::Result<()> {
+        self.record(Call::DetachMount);
+        Ok(())
+    }
+
+    /// Our own pidfd stands for the process'.
+    fn open_pid(&self, pid: i32) -> nix::Result<OwnedFd> {
+        self.record(Call::OpenPid(pid));
+        RealSystem.open_pid(std::process::id() as i32)
+    }
+
+    fn enter_mount_namespace_of(&self, _pidfd: BorrowedFd<'_>) -> nix::Result<()> {
+        self.record(Call::EnterMountNamespaceOf);
+        Ok(())
+    }
+
+    fn write_control_file(&self, dir: BorrowedFd<'_>, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.record(Call::WriteControlFile {
+            file: path_of(dir).join(name),
+            text: String::from_utf8_lossy(bytes).into_owned(),
+        });
+        Ok(())
+    }
+
+    fn bpf(&self, command: u32, _attr: &mut [u8]) -> nix::Result<i64> {
+        self.record(Call::Bpf(command));
+        Err(Errno::EPERM)
+    }
+
+    fn remove_directory(&self, dir: BorrowedFd<'_>, path: &str) -> nix::Result<()> {
+        self.record(Call::RemoveDirectory(path_of(dir).join(path)));
+        RealSystem.remove_directory(dir, path)
+    }
+
+    /// A directory named `proc` stands for a procfs (a test's rootfs has
+    /// a plain one).
+    fn is_procfs(&self, dir: BorrowedFd<'_>) -> nix::Result<bool> {
+        Ok(path_of(dir).file_name().is_some_and(|name| name == "proc")
+            || RealSystem.is_procfs(dir)?)
     }
 }
 

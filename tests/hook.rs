@@ -571,7 +571,7 @@ fn other_stages_exit_zero_and_loader_variables_are_scrubbed() {
 }
 
 #[test]
-fn docker_gpus_without_the_nvidia_runtime_says_what_to_do() {
+fn docker_gpus_on_a_host_without_a_driver_says_what_to_do() {
     if !require_root() {
         return;
     }
@@ -579,6 +579,9 @@ fn docker_gpus_without_the_nvidia_runtime_says_what_to_do() {
     let runc = runc_path();
     let state = tmp.path().join("state");
     // What docker's --gpus writes when the engine's runtime is plain runc.
+    // The hook injects the GPUs itself (tests/hook_only.rs); on this host,
+    // whose default config names no driver root with a driver, it refuses
+    // the container with what to do.
     let docker_hook = json!({"path": HOOK, "args": ["nvidia-container-runtime-hook", "prestart"]});
 
     let bundle = Bundle::new(
@@ -595,9 +598,9 @@ fn docker_gpus_without_the_nvidia_runtime_says_what_to_do() {
         out.stderr,
         fs::read_to_string(bundle.runtime_log_path()).unwrap_or_default()
     );
-    assert!(message.contains("--runtime=nvidia"), "{message}");
     assert!(
-        message.contains("nvidia-ctk runtime configure"),
+        message.contains("the NVIDIA kernel module is not loaded")
+            && message.contains("modprobe nvidia"),
         "{message}"
     );
 

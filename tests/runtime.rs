@@ -551,7 +551,14 @@ fn config_syntax_error_is_refused() {
     }
     let world = World::new("rt-config");
     fs::write(&world.config, "[nvidia-container-cli\nroot = ").unwrap();
-    let bundle = world.bundle("b", RootfsKind::Busybox, &["true"], &[]);
+    // A GPU container: one that asks for none goes on without the config
+    // (a_broken_config_toml_stops_only_gpu_creates).
+    let bundle = world.bundle(
+        "b",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
     assert_refused(
         &world,
         &bundle,

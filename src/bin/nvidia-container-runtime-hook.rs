@@ -26,11 +26,32 @@ fn run(args: &[OsString]) -> Result<(), hook::HookError> {
     hook::harden_process()?;
 
     let args = HookArgs::parse(args)?;
+    if args.stage == Stage::Precreate {
+        let config = hook::load_config(args.config.as_deref(), |key| std::env::var(key).ok())?;
+        logging::init_debug_log(
+            &config.nvidia_container_runtime.debug,
+            &config.nvidia_container_runtime.log_level,
+        );
+        let spec = hook::read_proposed_spec(&mut std::io::stdin().lock())?;
+        let self_exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+        let file = hook::config_file(args.config.as_deref(), |key| std::env::var(key).ok());
+        let patched = hook::precreate(&spec, &config, file, &self_exe)?;
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer(&mut stdout, &patched).map_err(|e| hook::HookError::Inject {
+            action: "write the patched config.json to stdout".to_string(),
+            source: e.into(),
+        })?;
+        std::io::Write::flush(&mut stdout).map_err(|source| hook::HookError::Inject {
+            action: "write the patched config.json to stdout".to_string(),
+            source,
+        })?;
+        return Ok(());
+    }
     if args.stage != Stage::Prestart {
         return Ok(());
     }
     let state = State::read(&mut std::io::stdin().lock())?;
-    let config = hook::load_config(args.config.as_deref())?;
+    let config = hook::load_config(args.config.as_deref(), |key| std::env::var(key).ok())?;
     // Opened here, on the host, before the hook enters the container's mount
     // namespace, where the log path could mean something else.
     logging::init_debug_log(

@@ -11,6 +11,9 @@ use super::HookError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stage {
     Prestart,
+    /// podman's hooks.d extension stage: the proposed config.json on stdin,
+    /// the one to use on stdout.
+    Precreate,
     /// `poststart`, `poststop` or anything else: nothing to do.
     Other(String),
 }
@@ -106,6 +109,7 @@ impl HookArgs {
         }
         parsed.stage = match stage.as_deref() {
             Some("prestart") => Stage::Prestart,
+            Some("precreate") => Stage::Precreate,
             Some(other) => Stage::Other(other.to_string()),
             None => Stage::Other(String::new()),
         };

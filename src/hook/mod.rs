@@ -32,12 +32,14 @@ use nix::errno::Errno;
 
 use crate::config::{Config, ConfigError};
 use crate::oci::{BundleSpec, SpecError, State, StateError};
-use crate::request::requests_gpus;
 use crate::system::System;
 
 pub mod args;
+pub mod cgroup;
 pub mod cuda_compat;
+pub mod device_filter;
 pub mod harden;
+pub mod inject;
 pub mod ld_cache;
 pub mod proc_mask;
 pub mod rootfs;
@@ -83,8 +85,26 @@ pub enum HookError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    #[error("the container requested GPUs through docker's --gpus but was not started with the nvidia runtime: run it with `--runtime=nvidia`, or make nvidia the default runtime (`nvidia-ctk runtime configure --runtime=docker --set-as-default`, then restart docker)")]
-    NotOurRuntime,
+    #[error(transparent)]
+    Edits(#[from] Box<crate::runtime::RuntimeError>),
+    #[error("the state names process {pid}, which is not the container this hook runs for ({why}): run this only as the prestart hook of a runtime")]
+    ForeignPid { pid: i32, why: String },
+    #[error("cannot {action}: {source}; nothing was left changed")]
+    Inject {
+        action: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{path} is not {expected}: the host's driver files changed; check them (nvidia-ctk doctor)"
+    )]
+    WrongSource { path: PathBuf, expected: String },
+    #[error("{path} is on a shared mount in the container (a volume with shared propagation): a GPU file mounted there would appear on the host too; drop the shared propagation of that volume, or run the container with --runtime=nvidia")]
+    SharedMount { path: PathBuf },
+    #[error("cannot inject {what} from a hook: run the container with the nvidia runtime (--runtime=nvidia), or let the engine apply the CDI spec (docker run --device nvidia.com/gpu=0)")]
+    Unsupported { what: String },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error("cannot enter the mount namespace of container process {pid} ({path}): {source}: did the container exit before its prestart hook ran?")]
     Namespace {
         pid: i32,
@@ -120,11 +140,27 @@ pub enum HookError {
     },
 }
 
-/// The config named by `--config`, or the defaults. Never looked up through
-/// the environment: the hook's environment is not an input.
-pub fn load_config(path: Option<&Path>) -> Result<Config, HookError> {
+/// The config file [`load_config`] reads, if any.
+pub fn config_file(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Option<PathBuf> {
+    match path {
+        Some(path) => Some(path.to_path_buf()),
+        None => crate::config::candidate_paths(&env)
+            .into_iter()
+            .find(|candidate| candidate.exists()),
+    }
+}
+
+/// The config named by `--config` (the runtime's entries name the file the
+/// runtime read), else NVIDIA's search through the hook's own environment
+/// (`NVIDIA_CTK_CONFIG_FILE_PATH`, `XDG_CONFIG_HOME`, the default path):
+/// dockerd gives the hook its own environment, so an operator sets the
+/// variable on dockerd. The container's `process.env` is never looked at.
+pub fn load_config(
+    path: Option<&Path>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, HookError> {
     let Some(path) = path else {
-        return Ok(Config::default());
+        return Ok(Config::load(env)?.0);
     };
     Config::from_file(path).map_err(|error| match error {
         // The hook's own message: the file was named by the runtime's entry.
@@ -144,6 +180,9 @@ pub struct Report {
     pub ld_cache_note: Option<String>,
     /// `/proc/driver/nvidia` was masked.
     pub masked_proc: bool,
+    /// Hook-only mode: device nodes and mounts the hook attached itself.
+    pub injected_nodes: usize,
+    pub injected_mounts: usize,
     /// What the image's CUDA compat dir offered, when compute was asked
     /// for and the handling is on.
     pub cuda_compat: Option<cuda_compat::Compat>,
@@ -158,15 +197,9 @@ pub fn prestart(
 ) -> Result<Report, HookError> {
     let spec = BundleSpec::read(&state.bundle)?;
     if !args.injected {
-        // docker's own `--gpus` entry on a container that plain runc runs:
-        // nothing was injected, so the container would start without GPUs.
-        if requests_gpus(&spec.value) {
-            return Err(HookError::NotOurRuntime);
-        }
-        return Ok(Report {
-            skipped: true,
-            ..Report::default()
-        });
+        // docker's own `--gpus` entry (or podman's hooks.d) on a container
+        // that plain runc runs: nothing was injected, so the hook does it.
+        return out_of_band(state, &spec, config, system);
     }
     let rootfs = spec.rootfs();
 
@@ -217,6 +250,243 @@ pub fn prestart(
         report.ld_cache_entries = entries;
         report.ld_cache_note = note;
     }
-    report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree)?;
+    report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, false)?;
     Ok(report)
+}
+
+/// The hook-only mode: the same request, checks and edits as the runtime's
+/// ([`crate::runtime::container_edits`]), applied to the live container
+/// ([`inject`]), then what the hook does in runtime mode (ld.so.cache, the
+/// /proc mask). The env edits of the model cannot be applied from a hook
+/// (the process environment is fixed); none of our own edits are env edits
+/// (only a CDI spec may carry one, and a CDI request is refused here).
+fn out_of_band(
+    state: &State,
+    spec: &BundleSpec,
+    config: &Config,
+    system: &dyn System,
+) -> Result<Report, HookError> {
+    let request = crate::request::Request::from_spec(&spec.value, config).map_err(|source| {
+        Box::new(crate::runtime::RuntimeError::Request {
+            path: spec.path.clone(),
+            source,
+        })
+    })?;
+    let Some(request) = request else {
+        return Ok(Report {
+            skipped: true,
+            ..Report::default()
+        });
+    };
+    // Already injected: our runtime (or the precreate stage) patched the
+    // spec and its own prestart entry runs the hook's part.
+    let injected_entry = spec
+        .value
+        .pointer("/hooks/prestart")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|hook| {
+            hook.get("args")
+                .and_then(serde_json::Value::as_array)
+                .is_some_and(|args| {
+                    args.iter()
+                        .any(|a| a.as_str() == Some(crate::edits::HOOK_INJECTED_FLAG))
+                })
+        });
+    if injected_entry {
+        return Ok(Report {
+            skipped: true,
+            ..Report::default()
+        });
+    }
+    // The process first: a state naming another one is refused before
+    // anything is read on its behalf.
+    let container = inject::check_container(system, state.pid)?;
+    let rootfs = spec.rootfs();
+    let relative = rootfs.strip_prefix("/").unwrap_or(&rootfs).to_path_buf();
+    // The rootfs as the runtime sees it, from the host.
+    let seen = std::path::Path::new(&format!("/proc/{}/root", state.pid)).join(&relative);
+    let library_dirs = crate::edits::LibraryDirs::for_rootfs(&seen);
+    let self_exe = std::fs::read_link("/proc/self/exe").unwrap_or_default();
+    let hook_settings = || {
+        Ok(crate::edits::HookSettings {
+            path: self_exe.clone(),
+            config_path: None,
+        })
+    };
+    let edits = crate::runtime::container_edits(config, &request, &library_dirs, &hook_settings)
+        .map_err(Box::new)?;
+    let Some(mut edits) = edits else {
+        return Ok(Report {
+            skipped: true,
+            ..Report::default()
+        });
+    };
+    if !edits.env.is_empty() {
+        return Err(HookError::Unsupported {
+            what: format!("environment variables ({})", edits.env.join(", ")),
+        });
+    }
+    // Our own prestart entry says what to write into the cache and mask;
+    // any other hook cannot be added to a container already being created.
+    let mut ours = None;
+    for hook in std::mem::take(&mut edits.hooks) {
+        let argv: Vec<std::ffi::OsString> = hook.args.iter().map(Into::into).collect();
+        match HookArgs::parse(&argv) {
+            Ok(parsed) if parsed.injected && parsed.stage == Stage::Prestart => ours = Some(parsed),
+            _ => {
+                return Err(HookError::Unsupported {
+                    what: format!("the hook {}", hook.path.display()),
+                })
+            }
+        }
+    }
+    let ours = ours.unwrap_or(HookArgs {
+        stage: Stage::Prestart,
+        injected: true,
+        config: None,
+        libraries: Vec::new(),
+        gpus: Vec::new(),
+        proc_files: Vec::new(),
+    });
+    // Host side: the procfs to mask, the sources, the device rules.
+    let proc_source = config.proc_root().join(PROC_DRIVER_NVIDIA);
+    let gpus = if ours.gpus.is_empty() {
+        gpu_dirs_from_devices(&spec.value, &proc_source)
+    } else {
+        ours.gpus.clone()
+    };
+    let masked_tree = read_masked_tree(&proc_source, &gpus, &ours.proc_files);
+    let prepared = inject::prepare(system, &container, &edits, &spec.value)?;
+    // Container side.
+    if let Err(errno) = system.enter_mount_namespace_of(container.pidfd.as_fd()) {
+        prepared.undo(system);
+        return Err(HookError::Namespace {
+            pid: state.pid,
+            path: PathBuf::from(format!("/proc/{}/ns/mnt", state.pid)),
+            source: errno.into(),
+        });
+    }
+    let root = match system.open_in_root(
+        container.root.as_fd(),
+        &relative.to_string_lossy(),
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+    ) {
+        Ok(root) => root,
+        Err(errno) => {
+            prepared.undo(system);
+            return Err(HookError::Rootfs {
+                path: rootfs,
+                source: errno.into(),
+            });
+        }
+    };
+    let injected = prepared.attach(system, root.as_fd())?;
+    let finish = || -> Result<Report, HookError> {
+        let mut report = Report {
+            injected_nodes: injected.nodes,
+            injected_mounts: injected.mounts,
+            ..Report::default()
+        };
+        if !ours.libraries.is_empty() {
+            let (entries, note) =
+                update_ld_cache(system, root.as_fd(), &rootfs, &ours.libraries, &[])?;
+            report.ld_cache_entries = entries;
+            report.ld_cache_note = note;
+        }
+        report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, true)?;
+        Ok(report)
+    };
+    match finish() {
+        Ok(report) => Ok(report),
+        Err(error) => {
+            injected.undo(system, root.as_fd());
+            Err(error)
+        }
+    }
+}
+
+/// The annotation that asks for GPUs through podman's or CRI-O's hooks.d
+/// (`podman run --annotation nvidia.com/gpus=0`): the hooks.d files run our
+/// hook only for containers that carry it, and its value, set at run time,
+/// is the device list (an image's `NVIDIA_VISIBLE_DEVICES` alone asks for
+/// nothing there).
+pub const GPUS_ANNOTATION: &str = "nvidia.com/gpus";
+
+/// The proposed config.json of the `precreate` stage, on stdin.
+pub fn read_proposed_spec(input: &mut dyn std::io::Read) -> Result<serde_json::Value, HookError> {
+    let bytes =
+        crate::bounded::read_to_end(input, crate::bounded::CONFIG_JSON, 0).map_err(|source| {
+            HookError::Inject {
+                action: "read the proposed config.json on stdin".to_string(),
+                source,
+            }
+        })?;
+    serde_json::from_slice(&bytes).map_err(|e| HookError::Inject {
+        action: "parse the proposed config.json on stdin".to_string(),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// The hooks.d request: the annotation's value, as the last
+/// `NVIDIA_VISIBLE_DEVICES` of a copy of the spec (the last one wins, as
+/// docker's own). `None`: no annotation, nothing asked.
+fn with_annotation_request(spec: &serde_json::Value) -> Option<serde_json::Value> {
+    let devices = spec
+        .pointer("/annotations")?
+        .get(GPUS_ANNOTATION)?
+        .as_str()?;
+    let mut copy = spec.clone();
+    let entry = serde_json::Value::String(format!("{}={devices}", crate::request::VISIBLE_DEVICES));
+    match copy
+        .pointer_mut("/process/env")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        Some(env) => env.push(entry),
+        None => copy["process"]["env"] = serde_json::Value::Array(vec![entry]),
+    }
+    Some(copy)
+}
+
+/// podman's `precreate` stage: the runtime's own patch, done on the
+/// proposed config.json (our prestart entry included, pointing at this
+/// binary), so that no out-of-band work is needed. A spec without the
+/// annotation comes back unchanged.
+pub fn precreate(
+    spec: &serde_json::Value,
+    config: &Config,
+    config_file: Option<PathBuf>,
+    self_exe: &Path,
+) -> Result<serde_json::Value, HookError> {
+    let Some(asked) = with_annotation_request(spec) else {
+        return Ok(spec.clone());
+    };
+    let path = PathBuf::from("config.json (precreate)");
+    let request = crate::request::Request::from_spec(&asked, config).map_err(|source| {
+        Box::new(crate::runtime::RuntimeError::Request {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    let Some(request) = request else {
+        return Ok(spec.clone());
+    };
+    let root = asked
+        .pointer("/root/path")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("rootfs");
+    let library_dirs = crate::edits::LibraryDirs::for_rootfs(Path::new(root));
+    let hook = || {
+        Ok(crate::edits::HookSettings {
+            path: self_exe.to_path_buf(),
+            config_path: config_file.clone(),
+        })
+    };
+    let edits = crate::runtime::container_edits(config, &request, &library_dirs, &hook)
+        .map_err(Box::new)?;
+    let Some(edits) = edits else {
+        return Ok(spec.clone());
+    };
+    Ok(crate::oci::patch::apply(&asked, &edits, &path)?)
 }

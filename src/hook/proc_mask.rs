@@ -244,10 +244,15 @@ pub fn build_masked_tree(
 /// Must run in the container's mount namespace, before `pivot_root`: the
 /// mount targets are fds opened inside `root` (named to the kernel as
 /// `/proc/self/fd/N`), so no path is resolved outside it.
+///
+/// `require_procfs`: refuse unless the container's `/proc` is a procfs (the
+/// hook-only mode, where no runtime of ours decided the container's
+/// mounts; runc CVE-2019-16884).
 pub fn mask_proc_driver(
     system: &dyn System,
     root: BorrowedFd<'_>,
     tree: &Result<MaskedTree, HookError>,
+    require_procfs: bool,
 ) -> Result<bool, HookError> {
     let relative = format!("proc/{PROC_DRIVER_NVIDIA}");
     let fail = |action: &str| {
@@ -262,6 +267,23 @@ pub fn mask_proc_driver(
         Err(errno) if is_absent(errno) => return Ok(false),
         Err(errno) => return Err(fail("open /proc/driver/nvidia")(errno)),
     };
+    // Only a real procfs is masked out of band: an image (or a volume) that
+    // puts its own files at /proc must not steer where the hook mounts.
+    let proc = system
+        .open_in_root(root, "proc", OFlag::O_PATH | OFlag::O_DIRECTORY)
+        .map_err(fail("open /proc"))?;
+    if require_procfs
+        && !system
+            .is_procfs(proc.as_fd())
+            .map_err(fail("statfs /proc"))?
+    {
+        return Err(HookError::Mask {
+            action: "check /proc".to_string(),
+            source: io::Error::other(
+                "the container's /proc is not a procfs (the image or a volume put something else there)",
+            ),
+        });
+    }
     let tree = match tree {
         Ok(tree) => tree,
         Err(error) => {

@@ -103,6 +103,7 @@ fn prestart_enters_the_namespace_then_writes_the_cache_and_masks_proc() {
         Call::CreateFile(etc.join(&temp)),
         Call::Rename(etc.join(&temp), "ld.so.cache".to_string()),
         Call::OpenInRoot("proc/driver/nvidia".to_string()),
+        Call::OpenInRoot("proc".to_string()),
         Call::MountTmpfs {
             target: masked.clone(),
             options: "mode=0555,size=16m".to_string(),
@@ -141,7 +142,7 @@ fn prestart_enters_the_namespace_then_writes_the_cache_and_masks_proc() {
 }
 
 #[test]
-fn docker_gpus_entry_without_our_runtime_is_refused_before_any_side_effect() {
+fn docker_gpus_entry_for_a_foreign_pid_is_refused_before_any_side_effect() {
     let container = Container::new("not-ours");
     let system = RecordingSystem::new();
     let argv: Vec<OsString> = ["nvidia-container-runtime-hook", "prestart"]
@@ -150,8 +151,13 @@ fn docker_gpus_entry_without_our_runtime_is_refused_before_any_side_effect() {
         .collect();
     let args = HookArgs::parse(&argv).unwrap();
     let error = prestart(&args, &container.state(), &container.config(), &system).unwrap_err();
-    assert!(matches!(error, HookError::NotOurRuntime), "{error}");
-    assert_eq!(system.calls(), []);
+    // The hook-only mode checks the process first: 4242 is not a child of
+    // this test's parent.
+    assert!(
+        matches!(error, HookError::ForeignPid { pid: 4242, .. }),
+        "{error}"
+    );
+    assert_eq!(system.calls(), [Call::OpenPid(4242)]);
 }
 
 #[test]

@@ -227,19 +227,6 @@ fn devices_from_mounts(spec: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Whether a spec asks for GPUs through `NVIDIA_VISIBLE_DEVICES` (the last
-/// entry wins, as the container sees it). `void` or empty is no request; a
-/// value we cannot parse still is one, so docker users get our message.
-pub fn requests_gpus(spec: &Value) -> bool {
-    let Ok(env) = environment(spec) else {
-        return false;
-    };
-    match env.get(VISIBLE_DEVICES) {
-        None => false,
-        Some(value) => !matches!(parse_devices(value, VISIBLE_DEVICES), Ok(None)),
-    }
-}
-
 fn is_truthy(value: &str) -> bool {
     matches!(
         value.trim().to_ascii_lowercase().as_str(),
@@ -734,18 +721,5 @@ mod tests {
             Request::from_spec(&spec, &Config::default()),
             Err(RequestError::BadSpecField { .. })
         ));
-    }
-
-    #[test]
-    fn gpu_requests() {
-        let spec = |env: &[&str]| serde_json::json!({"process": {"env": env}});
-        assert!(!requests_gpus(&spec(&["PATH=/bin"])));
-        assert!(!requests_gpus(&spec(&["NVIDIA_VISIBLE_DEVICES=void"])));
-        assert!(!requests_gpus(&spec(&["NVIDIA_VISIBLE_DEVICES="])));
-        assert!(requests_gpus(&spec(&["NVIDIA_VISIBLE_DEVICES=all"])));
-        assert!(requests_gpus(&spec(&[
-            "NVIDIA_VISIBLE_DEVICES=void",
-            "NVIDIA_VISIBLE_DEVICES=0"
-        ])));
     }
 }

@@ -140,36 +140,10 @@ pub fn modify_bundle(
         request.devices,
         request.capabilities
     );
-    // CDI mode (or auto with CDI names): the edits come from the spec dirs,
-    // not from driver discovery.
-    match mode::route(config, &request)? {
-        Route::Legacy => {}
-        Route::Untouched => return Ok(None),
-        Route::Cdi(names) => {
-            let patched = mode::apply_cdi(config, &names, &spec.value, &spec.path)?;
-            if patched == spec.value {
-                return Ok(None);
-            }
-            spec.write(&patched)?;
-            return Ok(Some(raw));
-        }
-    }
-    let driver = Driver::discover(Roots::from_config(config)).map_err(EditsError::from)?;
-    // NVML and libcuda are loaded only if a MIG device or a requirement
-    // term asks for them.
-    let mut facts = HostFacts::new(&driver);
-    let selection = select_devices(&driver, &request, &mut facts)?;
-    if request.disable_require {
-        tracing::info!("requirement checks disabled");
-    } else if !request.requirements.is_empty() {
-        let gpus = selection.physical_gpus(&driver);
-        facts.select(gpus.iter().map(|gpu| gpu.uuid.clone()).collect());
-        crate::requirements::check(&request.requirements, gpus.len(), &mut facts)?;
-    }
     let library_dirs = LibraryDirs::for_rootfs(&spec.rootfs());
-    let hook = hook()?;
-    let edits =
-        ContainerEdits::for_request(&driver, &request, &selection, &library_dirs, Some(&hook))?;
+    let Some(edits) = container_edits(config, &request, &library_dirs, hook)? else {
+        return Ok(None);
+    };
     let patched = crate::oci::patch::apply(&spec.value, &edits, &spec.path)?;
     if patched == spec.value {
         tracing::debug!("{}: already patched; not rewritten", spec.path.display());
@@ -183,6 +157,40 @@ pub fn modify_bundle(
         edits.mounts.len()
     );
     Ok(Some(raw))
+}
+
+/// What a GPU container gets for `request`, by the mode's route: the spec
+/// dirs' edits for CDI names; else driver discovery, device selection, the
+/// requirement checks and our own edits. `None`: the route leaves the
+/// container alone. The runtime patches config.json with the result, the
+/// hook applies it to a live container: neither re-derives it.
+pub fn container_edits(
+    config: &Config,
+    request: &Request,
+    library_dirs: &LibraryDirs,
+    hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
+) -> Result<Option<ContainerEdits>, RuntimeError> {
+    match mode::route(config, request)? {
+        Route::Legacy => {}
+        Route::Untouched => return Ok(None),
+        Route::Cdi(names) => return mode::cdi_edits(config, &names).map(Some),
+    }
+    let driver = Driver::discover(Roots::from_config(config)).map_err(EditsError::from)?;
+    // NVML and libcuda are loaded only if a MIG device or a requirement
+    // term asks for them.
+    let mut facts = HostFacts::new(&driver);
+    let selection = select_devices(&driver, request, &mut facts)?;
+    if request.disable_require {
+        tracing::info!("requirement checks disabled");
+    } else if !request.requirements.is_empty() {
+        let gpus = selection.physical_gpus(&driver);
+        facts.select(gpus.iter().map(|gpu| gpu.uuid.clone()).collect());
+        crate::requirements::check(&request.requirements, gpus.len(), &mut facts)?;
+    }
+    let hook = hook()?;
+    let edits =
+        ContainerEdits::for_request(&driver, request, &selection, library_dirs, Some(&hook))?;
+    Ok(Some(edits))
 }
 
 /// Does everything before the exec. A broken config ([`fallback`]) stops

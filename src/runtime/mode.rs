@@ -2,10 +2,6 @@
 //! legacy way (driver discovery and our own edits), the CDI way (names
 //! resolved from the spec dirs), or leaves config.json alone.
 
-use std::path::Path;
-
-use serde_json::Value;
-
 use crate::cdi::{parse_kind, Registry};
 use crate::config::{Config, Mode};
 use crate::edits::generate::ALL_DEVICE;
@@ -123,14 +119,8 @@ fn describe_ids(devices: &Devices) -> String {
     }
 }
 
-/// Resolves `names` from the configured spec dirs and applies their edits
-/// to a `config.json` value (`path` names it in errors).
-pub fn apply_cdi(
-    config: &Config,
-    names: &[String],
-    spec: &Value,
-    path: &Path,
-) -> Result<Value, RuntimeError> {
+/// The edits the CDI names `names` resolve to in the configured spec dirs.
+pub fn cdi_edits(config: &Config, names: &[String]) -> Result<ContainerEdits, RuntimeError> {
     let registry = Registry::load(&config.cdi_spec_dirs());
     for broken in &registry.broken {
         tracing::warn!(
@@ -148,7 +138,7 @@ pub fn apply_cdi(
         edits.mounts.len(),
         edits.hooks.len()
     );
-    Ok(crate::oci::patch::apply(spec, &edits, path)?)
+    Ok(edits)
 }
 
 #[cfg(test)]
