@@ -310,6 +310,28 @@ fn dockerd_end_to_end() {
         .run(&["import", &image_tar.display().to_string(), "ncr-gpu:latest"])
         .assert_success("docker import");
 
+    // A stock Docker (runc its only runtime) with our package's hook on its
+    // PATH: `--gpus` works through the hook alone (the hook-only mode).
+    for (flag, indices) in [("device=0", &[0usize][..]), ("all", &[0, 1][..])] {
+        let out = docker.run(&[
+            "run",
+            "--rm",
+            "--network=none",
+            "--gpus",
+            flag,
+            "ncr-gpu",
+            "nvidia-smi",
+            "-L",
+        ]);
+        out.assert_success(&format!("docker run --gpus {flag} on plain runc"));
+        assert_eq!(
+            out.stdout,
+            gpus.driver.smi_output(indices),
+            "docker run --gpus {flag} on plain runc\n{}",
+            gpus.debug_log()
+        );
+    }
+
     // Registration: `runtimes` reloads on SIGHUP, as the next steps say.
     let config_arg = format!("--config={}", daemon_json.display());
     let out = configure(&["--runtime=docker", &config_arg]);
@@ -999,4 +1021,46 @@ fn podman_end_to_end() {
         out.assert_success(&format!("podman run --runtime {runtime}"));
         gpus.assert_sees_only(&out.stdout, 1, &format!("podman run --runtime {runtime}"));
     }
+
+    // hooks.d: the package's file (precreate, gated on the annotation), with
+    // our hook's path and the fake driver's config: plain runc, the GPU from
+    // the annotation; an image's NVIDIA_VISIBLE_DEVICES alone asks for none.
+    let hooks_dir = dir.join("hooks.d");
+    fs::create_dir_all(&hooks_dir).unwrap();
+    let shipped: serde_json::Value =
+        serde_json::from_str(include_str!("../packaging/hooks.d/oci-nvidia-hook.json")).unwrap();
+    let mut hook = shipped.clone();
+    hook["hook"]["path"] = serde_json::json!(HOOK);
+    hook["hook"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(format!(
+            "NVIDIA_CTK_CONFIG_FILE_PATH={}",
+            gpus.config.display()
+        )));
+    fs::write(hooks_dir.join("oci-nvidia-hook.json"), hook.to_string()).unwrap();
+    let hooks_arg = format!("--hooks-dir={}", hooks_dir.display());
+    let podman_run = |extra: &[&str], script: &str| {
+        let mut args = vec![
+            hooks_arg.as_str(),
+            "run",
+            "--rm",
+            "--network=none",
+            "--runtime=runc",
+            "--ulimit=nofile=1024:1024",
+            "--ulimit=nproc=1024:1024",
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["localhost/ncr-gpu:latest", "sh", "-c", script]);
+        output(podman(&args))
+    };
+    let out = podman_run(&["--annotation", "nvidia.com/gpus=0"], GPU_SCRIPT);
+    out.assert_success("podman --hooks-dir run --annotation nvidia.com/gpus=0");
+    gpus.assert_sees_only(&out.stdout, 0, "podman hooks.d, nvidia.com/gpus=0");
+    let out = podman_run(
+        &["-e", "NVIDIA_VISIBLE_DEVICES=all"],
+        "ls /dev | grep -c nvidia; command -v nvidia-smi || echo no-nvidia-smi",
+    );
+    out.assert_success("podman --hooks-dir run -e NVIDIA_VISIBLE_DEVICES=all");
+    assert_eq!(out.stdout, "0\nno-nvidia-smi\n", "no annotation, no GPU");
 }
