@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use nvidia_container_runtime::hook::{self, HookArgs, Stage};
 use nvidia_container_runtime::logging;
 use nvidia_container_runtime::oci::State;
-use nvidia_container_runtime::system::RealSystem;
+use nvidia_container_runtime::system::{FaultySystem, RealSystem, FAULT_INJECTION_ENV};
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -59,7 +59,13 @@ fn run(args: &[OsString]) -> Result<(), hook::HookError> {
         &config.nvidia_container_runtime.log_level,
     );
     tracing::debug!(id = %state.id, pid = state.pid, bundle = %state.bundle.display(), "prestart hook");
-    let report = hook::prestart(&args, &state, &config, &RealSystem)?;
+    let fault_at = std::env::var(FAULT_INJECTION_ENV)
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok());
+    let report = match fault_at {
+        Some(n) => hook::prestart(&args, &state, &config, &FaultySystem::new(n))?,
+        None => hook::prestart(&args, &state, &config, &RealSystem)?,
+    };
     tracing::info!(?report, "prestart hook done");
     Ok(())
 }

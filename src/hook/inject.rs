@@ -26,6 +26,9 @@ use crate::system::System;
 use super::cgroup::{self, Applied, Hierarchy};
 use super::HookError;
 
+/// The character major of the NVIDIA driver's GPU and control nodes.
+const NVIDIA_MAJOR: u64 = 195;
+
 pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub const MOUNT_ATTR_NODEV: u64 = 0x4;
@@ -123,7 +126,19 @@ fn sources(system: &dyn System, edits: &ContainerEdits) -> Result<Vec<Source>, H
             .map_err(fail(format!("stat {}", node.host_path.display())))?;
         let expected = nix::sys::stat::makedev(node.major, node.minor);
         let is_char = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFCHR;
-        if !is_char || stat.st_rdev != expected {
+        // A GPU's node is /dev/nvidia<minor> of the driver's own major: a
+        // node of that name with other numbers is not the GPU it claims.
+        let gpu_minor = node
+            .path
+            .to_str()
+            .and_then(|p| p.strip_prefix("/dev/nvidia"))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        let wrong_gpu = gpu_minor.is_some_and(|minor| {
+            nix::sys::stat::minor(stat.st_rdev) != minor
+                || nix::sys::stat::major(stat.st_rdev) != NVIDIA_MAJOR
+        });
+        if !is_char || stat.st_rdev != expected || wrong_gpu {
             return Err(HookError::WrongSource {
                 path: node.host_path.clone(),
                 expected: format!("the character device {}:{}", node.major, node.minor),

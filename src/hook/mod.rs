@@ -389,13 +389,16 @@ fn out_of_band(
             injected_mounts: injected.mounts,
             ..Report::default()
         };
+        // The mask first: it lives in the container's /proc alone, and
+        // goes with the container if a later step fails; the cache is the
+        // last write, atomic, so nothing of the rootfs is left half-done.
+        report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, true)?;
         if !ours.libraries.is_empty() {
             let (entries, note) =
                 update_ld_cache(system, root.as_fd(), &rootfs, &ours.libraries, &[])?;
             report.ld_cache_entries = entries;
             report.ld_cache_note = note;
         }
-        report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, true)?;
         Ok(report)
     };
     match finish() {

@@ -262,28 +262,33 @@ pub fn mask_proc_driver(
             source: errno.into(),
         }
     };
+    // Out of band, only a real procfs is masked: an image (or a volume,
+    // or a tmpfs in the spec) that puts its own files at /proc must not
+    // steer where the hook mounts.
+    if require_procfs {
+        match system.open_in_root(root, "proc", OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(proc) => {
+                if !system
+                    .is_procfs(proc.as_fd())
+                    .map_err(fail("statfs /proc"))?
+                {
+                    return Err(HookError::Mask {
+                        action: "check /proc".to_string(),
+                        source: io::Error::other(
+                            "the container's /proc is not a procfs (the image, a volume or the spec put something else there)",
+                        ),
+                    });
+                }
+            }
+            Err(errno) if is_absent(errno) => return Ok(false),
+            Err(errno) => return Err(fail("open /proc")(errno)),
+        }
+    }
     let target = match system.open_in_root(root, &relative, OFlag::O_PATH | OFlag::O_DIRECTORY) {
         Ok(fd) => fd,
         Err(errno) if is_absent(errno) => return Ok(false),
         Err(errno) => return Err(fail("open /proc/driver/nvidia")(errno)),
     };
-    // Only a real procfs is masked out of band: an image (or a volume) that
-    // puts its own files at /proc must not steer where the hook mounts.
-    let proc = system
-        .open_in_root(root, "proc", OFlag::O_PATH | OFlag::O_DIRECTORY)
-        .map_err(fail("open /proc"))?;
-    if require_procfs
-        && !system
-            .is_procfs(proc.as_fd())
-            .map_err(fail("statfs /proc"))?
-    {
-        return Err(HookError::Mask {
-            action: "check /proc".to_string(),
-            source: io::Error::other(
-                "the container's /proc is not a procfs (the image or a volume put something else there)",
-            ),
-        });
-    }
     let tree = match tree {
         Ok(tree) => tree,
         Err(error) => {

@@ -103,7 +103,6 @@ fn prestart_enters_the_namespace_then_writes_the_cache_and_masks_proc() {
         Call::CreateFile(etc.join(&temp)),
         Call::Rename(etc.join(&temp), "ld.so.cache".to_string()),
         Call::OpenInRoot("proc/driver/nvidia".to_string()),
-        Call::OpenInRoot("proc".to_string()),
         Call::MountTmpfs {
             target: masked.clone(),
             options: "mode=0555,size=16m".to_string(),
