@@ -479,8 +479,17 @@ impl System for RecordingSystem {
         Ok(())
     }
 
+    /// `/proc/<pid>/root` of the recorded (fake) process is our own root.
     fn open_directory(&self, path: &Path) -> nix::Result<OwnedFd> {
         self.record(Call::OpenDirectory(path.to_path_buf()));
+        let text = path.to_string_lossy();
+        let process_root = text
+            .strip_prefix("/proc/")
+            .and_then(|rest| rest.strip_suffix("/root"))
+            .is_some_and(|pid| pid.bytes().all(|b| b.is_ascii_digit()));
+        if process_root {
+            return RealSystem.open_directory(Path::new("/"));
+        }
         RealSystem.open_directory(path)
     }
 

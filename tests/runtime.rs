@@ -898,3 +898,62 @@ rt delete '{id}' && echo deleted
         );
     }
 }
+
+#[test]
+fn the_hook_finds_the_rootfs_when_the_runtime_runs_chrooted() {
+    if !require_root() {
+        return;
+    }
+    // An engine started from a chroot (a sid root, an installer container):
+    // runc's paths are the chroot's, and the hook, once in the container's
+    // mount namespace, must resolve root.path from runc's root, not from the
+    // namespace's `/`. The bundle lives at /jailonly/..., a path that exists
+    // only inside the chroot.
+    let world = World::new("rt-chroot");
+    let bundle = world.bundle(
+        "bundle",
+        RootfsKind::Glibc { ldconfig: false },
+        &["nvidia-smi", "-L"],
+        &["NVIDIA_VISIBLE_DEVICES=1"],
+    );
+    let jail = world.tmp.path().join("jail");
+    fs::create_dir_all(&jail).unwrap();
+    let binaries = Path::new(RUNTIME).parent().unwrap();
+    let mut binds = String::new();
+    for dir in [
+        "/usr", "/bin", "/lib", "/lib64", "/sbin", "/etc", "/proc", "/sys", "/dev", "/tmp",
+    ] {
+        if Path::new(dir).is_symlink() {
+            binds.push_str(&format!("ln -sfn \"$(readlink {dir})\" \"$J{dir}\"\n"));
+        } else if Path::new(dir).is_dir() {
+            binds.push_str(&format!(
+                "mkdir -p \"$J{dir}\" && mount --rbind {dir} \"$J{dir}\"\n"
+            ));
+        }
+    }
+    let script = format!(
+        r#"set -e
+J='{jail}'
+mount --make-rprivate /
+mount --bind "$J" "$J"
+{binds}mkdir -p "$J{bin_dir}" && mount --bind '{bin_dir}' "$J{bin_dir}"
+mkdir -p "$J/jailonly" && mount --bind '{bundle_parent}' "$J/jailonly"
+exec chroot "$J" '{runtime}' --root /jailonly/state-chroot run --bundle /jailonly/bundle '{id}'
+"#,
+        jail = jail.display(),
+        bin_dir = binaries.display(),
+        bundle_parent = bundle.dir.parent().unwrap().display(),
+        runtime = RUNTIME,
+        id = unique_id("chroot"),
+    );
+    assert!(!Path::new("/jailonly").exists());
+    let mut command = Command::new("unshare");
+    command
+        .args(["-m", "sh", "-c", &script])
+        .envs(world.config_env())
+        .stdin(Stdio::null());
+    let out = output_with_timeout(command, std::time::Duration::from_secs(60))
+        .expect("the chrooted runtime hung");
+    out.assert_success("a GPU container through a chrooted runtime");
+    assert_eq!(out.stdout, world.driver.smi_output(&[1]), "{out:?}");
+}

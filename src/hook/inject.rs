@@ -76,14 +76,7 @@ pub fn check_container(system: &dyn System, pid: i32) -> Result<Container, HookE
     if namespace(&pid.to_string()) == namespace("self") {
         return Err(foreign("it shares the hook's mount namespace".to_string()));
     }
-    let root = nix::fcntl::open(
-        format!("/proc/{pid}/root").as_str(),
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| foreign(format!("/proc/{pid}/root: {e}")))?;
-    // SAFETY: open just returned this fd and nothing else owns it.
-    let root = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(root) };
+    let root = super::rootfs::open_process_root(system, pid)?;
     Ok(Container { pid, pidfd, root })
 }
 

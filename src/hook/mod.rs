@@ -55,7 +55,7 @@ pub use proc_mask::{
 };
 
 use proc_mask::PROC_DRIVER_NVIDIA;
-use rootfs::{enter_mount_namespace, open_rootfs};
+use rootfs::{enter_mount_namespace, open_process_root, open_rootfs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
@@ -231,8 +231,14 @@ pub fn prestart(
     })
     .flatten();
 
+    // The rootfs path is the runtime's: resolved from the runtime's own
+    // root as the container's namespace has it (`/proc/<pid>/root`), not
+    // from the namespace's `/`, which differs when the runtime runs
+    // chrooted (an engine started from a chroot, as libnvidia-container
+    // resolves it too).
+    let runtime_root = open_process_root(system, state.pid)?;
     enter_mount_namespace(system, state.pid)?;
-    let root = open_rootfs(system, &rootfs)?;
+    let root = open_rootfs(system, runtime_root.as_fd(), &rootfs)?;
 
     let mut report = Report::default();
     let mut preferred = Vec::new();
@@ -368,18 +374,11 @@ fn out_of_band(
             source: errno.into(),
         });
     }
-    let root = match system.open_in_root(
-        container.root.as_fd(),
-        &relative.to_string_lossy(),
-        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
-    ) {
+    let root = match open_rootfs(system, container.root.as_fd(), &rootfs) {
         Ok(root) => root,
-        Err(errno) => {
+        Err(error) => {
             prepared.undo(system);
-            return Err(HookError::Rootfs {
-                path: rootfs,
-                source: errno.into(),
-            });
+            return Err(error);
         }
     };
     let injected = prepared.attach(system, root.as_fd())?;

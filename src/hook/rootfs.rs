@@ -27,10 +27,34 @@ pub fn enter_mount_namespace(system: &dyn System, pid: i32) -> Result<(), HookEr
         })
 }
 
-/// The rootfs dir, `O_PATH`.
-pub fn open_rootfs(system: &dyn System, rootfs: &Path) -> Result<OwnedFd, HookError> {
+/// `/proc/<pid>/root`: the root of the container's init, which is the
+/// runtime's root (its chroot, if any) until `pivot_root`. Opened on the
+/// host, before `setns`.
+pub fn open_process_root(system: &dyn System, pid: i32) -> Result<OwnedFd, HookError> {
+    let path = PathBuf::from(format!("/proc/{pid}/root"));
     system
-        .open_directory(rootfs)
+        .open_directory(&path)
+        .map_err(|errno| HookError::Namespace {
+            pid,
+            path,
+            source: errno.into(),
+        })
+}
+
+/// The rootfs dir, `O_PATH`: `rootfs` (the runtime's absolute path)
+/// resolved from `runtime_root`, inside the container's mount namespace.
+pub fn open_rootfs(
+    system: &dyn System,
+    runtime_root: BorrowedFd<'_>,
+    rootfs: &Path,
+) -> Result<OwnedFd, HookError> {
+    let relative = rootfs.strip_prefix("/").unwrap_or(rootfs);
+    system
+        .open_in_root(
+            runtime_root,
+            &relative.to_string_lossy(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+        )
         .map_err(|errno| HookError::Rootfs {
             path: rootfs.to_path_buf(),
             source: errno.into(),

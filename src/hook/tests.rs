@@ -94,8 +94,9 @@ fn prestart_enters_the_namespace_then_writes_the_cache_and_masks_proc() {
     // the namespace is entered, and the mask is filled only after the tmpfs
     // is over the directory, then made read-only.
     let expected = [
+        Call::OpenDirectory(PathBuf::from("/proc/4242/root")),
         Call::EnterMountNamespace(4242),
-        Call::OpenDirectory(rootfs.clone()),
+        Call::OpenInRoot(rootfs.strip_prefix("/").unwrap().display().to_string()),
         // compute (libcuda) was injected: the image's CUDA compat dir is
         // looked for (there is none).
         Call::OpenInRoot("usr/local/cuda/compat".to_string()),
