@@ -43,6 +43,20 @@ pub enum Command {
     /// Check for the failures users hit most; prints ok, warn or fail with
     /// the fix for each, and exits 1 on any fail.
     Doctor(DoctorArgs),
+    /// The hooks of CDI specs (NVIDIA's subcommands: update-ldcache,
+    /// create-symlinks, create-soname-symlinks, enable-cuda-compat, chmod,
+    /// disable-device-node-modification), run by the engine with the OCI
+    /// state on stdin. Also installed as nvidia-cdi-hook.
+    Hook(CdiHookArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CdiHookArgs {
+    /// The subcommand.
+    pub subcommand: String,
+    /// Its flags, as NVIDIA's take them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

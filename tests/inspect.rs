@@ -25,18 +25,7 @@ impl Host {
         let world = World::build(name, &options, "", runtime_keys);
         let root = world.tmp.path().join("host");
         fs::create_dir_all(&root).unwrap();
-        let spec_dir = world.tmp.path().join("cdi");
-        fs::create_dir_all(&spec_dir).unwrap();
-        // Appended: a table of its own after [nvidia-container-runtime].
-        let text = fs::read_to_string(&world.config).unwrap();
-        fs::write(
-            &world.config,
-            format!(
-                "{text}\n[nvidia-container-runtime.modes.cdi]\nspec-dirs = [\"{}\"]\n",
-                spec_dir.display()
-            ),
-        )
-        .unwrap();
+        let spec_dir = world.use_cdi_spec_dir();
         Host {
             world,
             root,

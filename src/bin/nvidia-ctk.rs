@@ -13,8 +13,8 @@ use nvidia_container_runtime::cdi::{self, Format, Registry};
 use nvidia_container_runtime::config::{Config, Source};
 use nvidia_container_runtime::configure::{self, Applied, Options};
 use nvidia_container_runtime::ctk::{
-    CdiCommand, Cli, Command, ConfigureArgs, DoctorArgs, FormatArg, GenerateArgs, InfoArgs,
-    ListArgs, RuntimeCommand, StrategyArg,
+    CdiCommand, CdiHookArgs, Cli, Command, ConfigureArgs, DoctorArgs, FormatArg, GenerateArgs,
+    InfoArgs, ListArgs, RuntimeCommand, StrategyArg,
 };
 use nvidia_container_runtime::driver::{Driver, Roots};
 use nvidia_container_runtime::edits::{self, GenerateOptions, NameStrategy};
@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         } => cdi_list(args),
         Command::Info(args) => info(args),
         Command::Doctor(args) => return doctor(args),
+        Command::Hook(args) => return cdi_hook(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,4 +252,18 @@ fn doctor(args: DoctorArgs) -> ExitCode {
         println!("{finding}");
     }
     ExitCode::from(inspect::doctor::exit_code(&findings))
+}
+
+/// `nvidia-ctk hook <subcommand>`: run by an engine as a CDI spec's hook.
+fn cdi_hook(args: CdiHookArgs) -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match nvidia_container_runtime::hook::cdi_hooks::main(&argv, &args.subcommand, &args.args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let message = nvidia_container_runtime::logging::error_chain(&error);
+            tracing::error!("{message}");
+            eprintln!("nvidia-ctk hook {}: {message}", args.subcommand);
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -35,6 +35,7 @@ use crate::oci::{BundleSpec, SpecError, State, StateError};
 use crate::system::System;
 
 pub mod args;
+pub mod cdi_hooks;
 pub mod cgroup;
 pub mod cuda_compat;
 pub mod device_filter;
@@ -105,6 +106,8 @@ pub enum HookError {
     Unsupported { what: String },
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
+    #[error("invalid CDI hook arguments: {problem}: the CDI spec names a hook this runtime does not have; regenerate it with nvidia-ctk cdi generate")]
+    Subcommand { problem: String },
     #[error("cannot enter the mount namespace of container process {pid} ({path}): {source}: did the container exit before its prestart hook ran?")]
     Namespace {
         pid: i32,

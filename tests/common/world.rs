@@ -65,6 +65,21 @@ impl World {
         ]
     }
 
+    /// Makes `<tmp>/cdi` this world's only CDI spec dir (a table appended
+    /// after `[nvidia-container-runtime]`) and returns it.
+    #[allow(dead_code)] // Not every test binary reads CDI specs.
+    pub fn use_cdi_spec_dir(&self) -> PathBuf {
+        let spec_dir = self.tmp.path().join("cdi");
+        fs::create_dir_all(&spec_dir).unwrap();
+        let text = fs::read_to_string(&self.config).unwrap();
+        let table = format!(
+            "\n[nvidia-container-runtime.modes.cdi]\nspec-dirs = [\"{}\"]\n",
+            spec_dir.display()
+        );
+        fs::write(&self.config, text + &table).unwrap();
+        spec_dir
+    }
+
     /// A bundle in this world's temp dir.
     pub fn bundle(&self, name: &str, kind: RootfsKind, args: &[&str], env: &[&str]) -> Bundle {
         Bundle::new(&self.tmp.path().join(name), kind, args, env)

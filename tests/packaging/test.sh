@@ -16,7 +16,7 @@ pkg=nvidia-container-runtime-rs
 # What this package Conflicts with/Replaces (debian/control): installing it
 # would remove them.
 replaced="nvidia-container-runtime nvidia-container-toolkit nvidia-container-toolkit-base nvidia-docker2"
-bins="nvidia-container-runtime nvidia-container-runtime-hook nvidia-ctk nvidia-docker"
+bins="nvidia-container-runtime nvidia-container-runtime-hook nvidia-ctk nvidia-cdi-hook nvidia-docker"
 started=$SECONDS
 
 fail() {
@@ -117,7 +117,7 @@ grep -qx /etc/nvidia-container-runtime/config.toml "$work/conffiles" ||
 dpkg-deb --fsys-tarfile "$deb" | tar -t | sed 's|^\./|/|; s|/$||' | grep -v '^$' | sort >"$work/paths"
 for path in \
     /usr/bin/nvidia-container-runtime /usr/bin/nvidia-container-runtime-hook \
-    /usr/bin/nvidia-ctk /usr/bin/nvidia-docker \
+    /usr/bin/nvidia-ctk /usr/bin/nvidia-cdi-hook /usr/bin/nvidia-docker \
     /etc/nvidia-container-runtime/config.toml \
     /usr/share/doc/$pkg/examples/daemon.json.example \
     /usr/share/doc/$pkg/examples/k8s/runtimeclass.yaml \
@@ -130,6 +130,7 @@ for path in \
     /usr/share/man/man1/nvidia-container-runtime.1.gz \
     /usr/share/man/man1/nvidia-container-runtime-hook.1.gz \
     /usr/share/man/man1/nvidia-docker.1.gz \
+    /usr/share/man/man1/nvidia-cdi-hook.1.gz \
     /usr/share/bash-completion/completions/nvidia-ctk \
     /usr/share/zsh/vendor-completions/_nvidia-ctk \
     /usr/share/fish/vendor_completions.d/nvidia-ctk.fish; do
