@@ -707,8 +707,15 @@ check_require_cost() {
     local conf_noop=$WORK/config-noop.toml truepath
     truepath=$(command -v true)
     sed "s#^runtimes = .*#runtimes = [\"$truepath\"]#; s#^debug = .*#debug = \"/dev/null\"#" "$CONF" >"$conf_noop"
-    local with without i t0 t1 bad=0
-    with=$(new_bundle cost-with '["true"]' NVIDIA_VISIBLE_DEVICES=all "NVIDIA_REQUIRE_CUDA=$CUDA_12_IMAGE_REQUIRE")
+    local with without i t0 t1 bad=0 require=$CUDA_12_IMAGE_REQUIRE
+    # A refused create stops early and would measure nothing: on a host below
+    # CUDA 12.6 (the simulated one has 12.4) the image's string is kept whole
+    # but for its cuda term, lowered to the host's, so both sides start.
+    if [ -n "$CUDA_VERSION" ] && [ "$(printf '%s\n' "$CUDA_VERSION" 12.6 | sort -V | head -1)" != 12.6 ]; then
+        require="cuda>=$CUDA_VERSION ${CUDA_12_IMAGE_REQUIRE#* }"
+        info "host CUDA $CUDA_VERSION < 12.6: measuring with cuda>=$CUDA_VERSION and the image's brand terms"
+    fi
+    with=$(new_bundle cost-with '["true"]' NVIDIA_VISIBLE_DEVICES=all "NVIDIA_REQUIRE_CUDA=$require")
     without=$(new_bundle cost-without '["true"]' NVIDIA_VISIBLE_DEVICES=all)
     cp "$with/config.json" "$WORK/cost-with.json"
     cp "$without/config.json" "$WORK/cost-without.json"
@@ -745,15 +752,10 @@ check_require_cost() {
         printf "\nthe requirement check adds **%.2f ms** (median)\n", (w-o)/1000
     }')
     printf '%s\n' "$REQUIRE_COST"
-    if [ "$bad" != 0 ]; then
-        # On a host whose CUDA is older than 12.6 the requirement is refused:
-        # that is the check working, and its cost is still measured.
-        info "$bad creates refused (a host below CUDA 12.6 refuses the image: expected there)"
-    fi
-    if [ -s "$WORK/c-without" ]; then
+    if [ "$bad" = 0 ] && [ -s "$WORK/c-with" ] && [ -s "$WORK/c-without" ]; then
         pass "require-cost" "$(printf '%s\n' "$REQUIRE_COST" | grep -o 'adds.*' | tr -d '*')"
     else
-        fail "require-cost" "no create without the requirement succeeded"
+        fail "require-cost" "$bad creates failed (see the log above): the cost of a refused create is not the cost of the check"
     fi
 }
 
