@@ -281,16 +281,8 @@ fn podman_runs_a_container_with_the_generated_spec() {
     )
     .unwrap();
     let podman = |args: &[&str]| {
-        let mut cmd = Command::new("podman");
-        cmd.arg("--root")
-            .arg(dir.join("storage"))
-            .arg("--runroot")
-            .arg(dir.join("run"))
-            .arg("--tmpdir")
-            .arg(dir.join("tmp"))
-            .args(args)
-            .env("CONTAINERS_CONF", &containers_conf)
-            .stdin(Stdio::null());
+        let mut cmd = podman_command(dir, &containers_conf);
+        cmd.args(args).stdin(Stdio::null());
         cmd
     };
     let _reset = PodmanReset(&podman);
@@ -311,26 +303,24 @@ fn podman_runs_a_container_with_the_generated_spec() {
     )
     .expect("podman import timed out");
     out.assert_success("podman import");
-    // Rootful podman raises RLIMIT_NOFILE and RLIMIT_NPROC to 1048576 in
-    // every container; this machine's hard limits are lower and the OCI
-    // runtime may not raise them: ask for lower ones (see tests/engines.rs).
-    // runc, not podman's default crun: crun refuses this VM's hybrid
+    // PODMAN_RUN's ulimits; runc, not podman's default crun: crun refuses this VM's hybrid
     // cgroup layout.
     let out = output_with_timeout(
-        podman(&[
-            "run",
-            "--rm",
-            "--network=none",
-            "--runtime=runc",
-            "--ulimit=nofile=1024:1024",
-            "--ulimit=nproc=1024:1024",
-            "--device",
-            &device,
-            "localhost/ncr-cdi:latest",
-            "sh",
-            "-c",
-            &format!("{PODMAN_HOOK_CHECK}; {GPU_SCRIPT}"),
-        ]),
+        podman(
+            &[
+                &PODMAN_RUN[..],
+                &[
+                    "--runtime=runc",
+                    "--device",
+                    &device,
+                    "localhost/ncr-cdi:latest",
+                    "sh",
+                    "-c",
+                    &format!("{PODMAN_HOOK_CHECK}; {GPU_SCRIPT}"),
+                ],
+            ]
+            .concat(),
+        ),
         std::time::Duration::from_secs(120),
     )
     .expect("podman run timed out");

@@ -975,15 +975,8 @@ fn podman_end_to_end() {
         &format!("--nvidia-runtime-path={wrapper_path}"),
     ]));
     let podman = |args: &[&str]| {
-        let mut cmd = Command::new("podman");
-        cmd.arg("--root")
-            .arg(dir.join("storage"))
-            .arg("--runroot")
-            .arg(dir.join("run"))
-            .arg("--tmpdir")
-            .arg(dir.join("tmp"))
-            .args(args)
-            .env("CONTAINERS_CONF", &containers_conf);
+        let mut cmd = podman_command(dir, &containers_conf);
+        cmd.args(args);
         for (key, value) in gpus.daemon_env() {
             cmd.env(key, value);
         }
@@ -996,28 +989,24 @@ fn podman_end_to_end() {
         &image_tar.display().to_string(),
         "localhost/ncr-gpu:latest",
     ]));
-    // Rootful podman raises RLIMIT_NOFILE to 1048576 for every container;
-    // this machine's hard limit is lower, so runc itself refuses that
-    // (with or without us): keep the host's limits.
-    // Rootful podman raises RLIMIT_NOFILE and RLIMIT_NPROC to 1048576 in
-    // every container; this machine's hard limits are lower and runc may
-    // not raise them (the same failure without us): ask for lower ones.
+    // PODMAN_RUN asks for ulimits this machine allows.
     for runtime in [wrapper_path.as_str(), "nvidia"] {
-        let out = output(podman(&[
-            "run",
-            "--rm",
-            "--network=none",
-            "--ulimit=nofile=1024:1024",
-            "--ulimit=nproc=1024:1024",
-            "--runtime",
-            runtime,
-            "-e",
-            "NVIDIA_VISIBLE_DEVICES=1",
-            "localhost/ncr-gpu:latest",
-            "sh",
-            "-c",
-            GPU_SCRIPT,
-        ]));
+        let out = output(podman(
+            &[
+                &PODMAN_RUN[..],
+                &[
+                    "--runtime",
+                    runtime,
+                    "-e",
+                    "NVIDIA_VISIBLE_DEVICES=1",
+                    "localhost/ncr-gpu:latest",
+                    "sh",
+                    "-c",
+                    GPU_SCRIPT,
+                ],
+            ]
+            .concat(),
+        ));
         out.assert_success(&format!("podman run --runtime {runtime}"));
         gpus.assert_sees_only(&out.stdout, 1, &format!("podman run --runtime {runtime}"));
     }
@@ -1041,15 +1030,9 @@ fn podman_end_to_end() {
     fs::write(hooks_dir.join("oci-nvidia-hook.json"), hook.to_string()).unwrap();
     let hooks_arg = format!("--hooks-dir={}", hooks_dir.display());
     let podman_run = |extra: &[&str], script: &str| {
-        let mut args = vec![
-            hooks_arg.as_str(),
-            "run",
-            "--rm",
-            "--network=none",
-            "--runtime=runc",
-            "--ulimit=nofile=1024:1024",
-            "--ulimit=nproc=1024:1024",
-        ];
+        let mut args = vec![hooks_arg.as_str()];
+        args.extend_from_slice(&PODMAN_RUN);
+        args.push("--runtime=runc");
         args.extend_from_slice(extra);
         args.extend_from_slice(&["localhost/ncr-gpu:latest", "sh", "-c", script]);
         output(podman(&args))

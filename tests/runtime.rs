@@ -813,6 +813,26 @@ fn a_broken_config_toml_stops_only_gpu_creates() {
         assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
         assert_eq!(fs::read(gpu.config_path()).unwrap(), before);
         assert_eq!(fs::read_to_string(&calls).unwrap(), "", "{kind}");
+
+        // So is one whose config.json is over the size limit and mentions
+        // a request (sparse: only its head is real).
+        let huge = world.bundle(&format!("{kind}-huge"), RootfsKind::Busybox, &["true"], &[]);
+        let file = fs::File::create(huge.config_path()).unwrap();
+        std::io::Write::write_all(
+            &mut &file,
+            br#"{"process":{"env":["NVIDIA_VISIBLE_DEVICES=0"]}}"#,
+        )
+        .unwrap();
+        file.set_len(nvidia_container_runtime::bounded::CONFIG_JSON.bytes + 1)
+            .unwrap();
+        let id = unique_id(&format!("{kind}-d"));
+        let out = command(
+            &huge,
+            &["create", "--bundle", huge.dir.to_str().unwrap(), &id],
+        );
+        assert_eq!(out.status, 1, "{kind}: {out:?}");
+        assert!(out.stderr.contains(expected), "{kind}: {}", out.stderr);
+        assert_eq!(fs::read_to_string(&calls).unwrap(), "", "{kind}");
     }
     let _ = fs::remove_dir_all(&world.config);
     let _ = fs::remove_file(&world.config);

@@ -121,16 +121,15 @@ pub fn runtimes_without_config(state_dir: &Path) -> Vec<String> {
         .unwrap_or_else(|| Config::default().nvidia_container_runtime.runtimes)
 }
 
-/// Whether a config.json may ask for GPUs, judged without the config: the
-/// defaults' request channels plus device mounts (which only the config
-/// can switch on). A container that mentions none of them is not one we
-/// would touch with any config that has the default request channels.
-pub fn may_request_devices(bytes: &[u8]) -> bool {
-    let config = Config {
+/// The config whose request channels judge a config.json while the real
+/// config is broken: the defaults' channels plus device mounts (which only
+/// the config can switch on). A container that mentions none of them is not
+/// one we would touch with any config that has the default request channels.
+pub fn every_request_channel() -> Config {
+    Config {
         accept_nvidia_visible_devices_as_volume_mounts: true,
         ..Config::default()
-    };
-    crate::request::may_request_devices(bytes, &config)
+    }
 }
 
 #[cfg(test)]
@@ -160,6 +159,9 @@ mod tests {
 
     #[test]
     fn without_a_config_every_default_request_channel_still_counts() {
+        let config = every_request_channel();
+        let may_request_devices =
+            |bytes: &[u8]| crate::request::may_request_devices(bytes, &config);
         assert!(!may_request_devices(
             br#"{"process":{"env":["PATH=/bin"]}}"#
         ));

@@ -79,19 +79,15 @@ pub struct Prepared {
     pub warning: Option<String>,
 }
 
-/// Reads the bundle's spec and, for a GPU container, writes the patched
-/// spec. Returns the original when the file was rewritten, or `None` when the container asked for no
-/// GPU (then the file is not touched at all).
-pub fn modify_bundle(
-    bundle: &Path,
-    config: &Config,
-    hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
-) -> Result<Option<RawSpec>, RuntimeError> {
+/// The bundle's config.json, or `None` when it does not even mention a
+/// request on `config`'s channels: then it is runc's, untouched and not
+/// parsed (a malformed file of such a container is runc's to report). Over
+/// the size limit it is streamed for the mentions instead: a file that does
+/// mention a request gets the limit error, any other is still runc's (a
+/// fault of ours must not stop it).
+fn read_if_requesting(bundle: &Path, config: &Config) -> Result<Option<RawSpec>, RuntimeError> {
     let raw = match RawSpec::read(bundle) {
         Ok(raw) => raw,
-        // Too large to hold: a container that does not even mention a
-        // request is still runc's (a fault of ours must not stop it); one
-        // that does gets the limit error.
         Err(error @ SpecError::TooLarge { .. }) => {
             let path = bundle.join("config.json");
             // O_NONBLOCK, as RawSpec::read: never hang on a FIFO.
@@ -113,14 +109,26 @@ pub fn modify_bundle(
         Err(error) => return Err(error.into()),
     };
     if !crate::request::may_request_devices(&raw.bytes, config) {
-        // Not even a mention of a request: exec at once, without parsing.
-        // A malformed file of such a container is runc's to report.
         tracing::debug!(
             "{}: no GPU requested; spec left untouched",
             raw.path.display()
         );
         return Ok(None);
     }
+    Ok(Some(raw))
+}
+
+/// Reads the bundle's spec and, for a GPU container, writes the patched
+/// spec. Returns the original when the file was rewritten, or `None` when the container asked for no
+/// GPU (then the file is not touched at all).
+pub fn modify_bundle(
+    bundle: &Path,
+    config: &Config,
+    hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
+) -> Result<Option<RawSpec>, RuntimeError> {
+    let Some(raw) = read_if_requesting(bundle, config)? else {
+        return Ok(None);
+    };
     let spec = raw.parse()?;
     let request =
         Request::from_spec(&spec.value, config).map_err(|source| RuntimeError::Request {
@@ -232,11 +240,16 @@ pub fn prepare(
         }
         ConfigState::Broken(error) => {
             if action == Action::Modify {
-                // Unreadable or missing: runc's to report, as for any bundle.
-                let asks = RawSpec::read(&bundle()?)
-                    .is_ok_and(|raw| fallback::may_request_devices(&raw.bytes));
-                if asks {
-                    return Err(error.into());
+                // The same test as with a config, on the channels that any
+                // config could enable. A file that mentions a request, or
+                // one over the size limit that does, stops here with the
+                // config's error; one that cannot be read is runc's to
+                // report, as for any bundle.
+                match read_if_requesting(&bundle()?, &fallback::every_request_channel()) {
+                    Ok(Some(_)) | Err(RuntimeError::Spec(SpecError::TooLarge { .. })) => {
+                        return Err(error.into())
+                    }
+                    Ok(None) | Err(_) => {}
                 }
             }
             warning = Some(format!(

@@ -161,6 +161,34 @@ pub fn tree_snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
     out
 }
 
+/// `podman` with its storage, run and temp dirs under `dir` and its
+/// config from `containers_conf`: a test never touches the host's podman.
+#[allow(dead_code)] // Only the podman tests use it.
+pub fn podman_command(dir: &Path, containers_conf: &Path) -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.arg("--root")
+        .arg(dir.join("storage"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .arg("--tmpdir")
+        .arg(dir.join("tmp"))
+        .env("CONTAINERS_CONF", containers_conf);
+    cmd
+}
+
+/// What every `podman run` of the tests starts with. Rootful podman raises
+/// RLIMIT_NOFILE and RLIMIT_NPROC to 1048576 in every container; this
+/// machine's hard limits are lower and the OCI runtime may not raise them
+/// (the same failure without us): ask for lower ones.
+#[allow(dead_code)] // Only the podman tests use it.
+pub const PODMAN_RUN: [&str; 5] = [
+    "run",
+    "--rm",
+    "--network=none",
+    "--ulimit=nofile=1024:1024",
+    "--ulimit=nproc=1024:1024",
+];
+
 /// Runs `podman system reset --force` (built by the closure, with the
 /// test's own storage and config flags) when dropped: podman keeps
 /// storage/overlay bind-mounted, and the reset undoes that also when an
