@@ -103,6 +103,15 @@ pub enum FormatArg {
     Json,
 }
 
+/// `--mode`, with NVIDIA's names; `auto` and `nvml` are the GPU spec.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Auto,
+    Nvml,
+    Management,
+    Imex,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum StrategyArg {
     Index,
@@ -112,17 +121,36 @@ pub enum StrategyArg {
 
 #[derive(Debug, clap::Args)]
 pub struct GenerateArgs {
-    /// The spec file to write (atomically, mode 0644), e.g.
-    /// /var/run/cdi/nvidia.yaml [default: stdout].
-    #[arg(long)]
+    /// The spec file to write (atomically, mode 0644; left untouched when
+    /// it already holds the same spec), e.g. /var/run/cdi/nvidia.yaml
+    /// [default: stdout].
+    #[arg(long, env = "NVIDIA_CTK_CDI_OUTPUT_FILE_PATH")]
     pub output: Option<PathBuf>,
     /// [default: json for an --output ending in .json, else yaml]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, env = "NVIDIA_CTK_CDI_GENERATE_OUTPUT_FORMAT")]
     pub format: Option<FormatArg>,
-    #[arg(long, default_value = "nvidia.com")]
-    pub vendor: String,
-    #[arg(long, default_value = "gpu")]
-    pub class: String,
+    /// What the spec holds: GPUs and their MIG devices (auto, nvml), every
+    /// device node for monitoring agents (management), or the IMEX
+    /// channels (imex).
+    #[arg(
+        long,
+        visible_alias = "discovery-mode",
+        value_enum,
+        default_value = "auto",
+        env = "NVIDIA_CTK_CDI_GENERATE_MODE"
+    )]
+    pub mode: ModeArg,
+    /// [default: management.nvidia.com with --mode management, else
+    /// nvidia.com]
+    #[arg(long, env = "NVIDIA_CTK_CDI_GENERATE_VENDOR")]
+    pub vendor: Option<String>,
+    /// [default: imex-channel with --mode imex, else gpu]
+    #[arg(
+        long,
+        visible_alias = "cdi-class",
+        env = "NVIDIA_CTK_CDI_GENERATE_CLASS"
+    )]
+    pub class: Option<String>,
     /// Device names: the GPU index, its UUID, or both.
     #[arg(long, value_enum, default_value = "index")]
     pub device_name_strategy: StrategyArg,

@@ -67,6 +67,8 @@ impl World {
         let out = Command::new(CTK)
             .args(args)
             .env("NVIDIA_CTK_CONFIG_FILE_PATH", &self.config)
+            // The fake NVML finds the fake GPUs (and their MIG devices) here.
+            .env("FAKE_NVML_DEV_ROOT", &self.driver.dev_root)
             .stdin(Stdio::null())
             .output()
             .expect("spawn nvidia-ctk");
@@ -247,7 +249,16 @@ fn podman_runs_a_container_with_the_generated_spec() {
     let Some(_) = require_tool("podman") else {
         return;
     };
-    let world = World::new("cdi-podman", "", "");
+    // MIG devices on GPU 0 and IMEX channels, for the second run.
+    let world = World::build(
+        "cdi-podman",
+        &FakeDriverOptions::two_gpus()
+            .with_drm()
+            .with_mig(vec![FakeMig::new(0, 1, 0), FakeMig::new(0, 2, 0)])
+            .with_imex_channels(2),
+        "",
+        "",
+    );
     let dir = world.dir();
     // A host with a real nvidia.com/gpu spec would conflict with ours in the
     // same dir: use another vendor there (the device is still GPU 1).
@@ -272,6 +283,20 @@ fn podman_runs_a_container_with_the_generated_spec() {
         spec_path.to_str().unwrap(),
     ]);
     out.assert_success("nvidia-ctk cdi generate --output /var/run/cdi/...");
+    let imex_spec_path = PathBuf::from(format!("/var/run/cdi/ncr-test-{}.yaml", unique_id("imex")));
+    let _imex_guard = SpecFileGuard(imex_spec_path.clone());
+    world
+        .ctk(&[
+            "cdi",
+            "generate",
+            "--mode",
+            "imex",
+            "--vendor",
+            vendor,
+            "--output",
+            imex_spec_path.to_str().unwrap(),
+        ])
+        .assert_success("nvidia-ctk cdi generate --mode imex");
     let device = format!("{vendor}/gpu=1");
 
     let containers_conf = dir.join("containers.conf");
@@ -331,6 +356,59 @@ fn podman_runs_a_container_with_the_generated_spec() {
         "podman ran the spec's hook, which wrote the image's ld.so.cache\n{}",
         out.stderr
     );
+
+    // A MIG device (GPU 0's second, by index) and an IMEX channel.
+    let mig = format!("{vendor}/gpu=0:1");
+    let channel = format!("{vendor}/imex-channel=1");
+    let out = output_with_timeout(
+        podman(
+            &[
+                &PODMAN_RUN[..],
+                &[
+                    "--runtime=runc",
+                    "--device",
+                    &mig,
+                    "--device",
+                    &channel,
+                    "localhost/ncr-cdi:latest",
+                    "sh",
+                    "-c",
+                    "ls /dev; echo ---; ls /dev/nvidia-caps /dev/nvidia-caps-imex-channels",
+                ],
+            ]
+            .concat(),
+        ),
+        std::time::Duration::from_secs(120),
+    )
+    .expect("podman run timed out");
+    out.assert_success(&format!("podman run --device {mig} --device {channel}"));
+    let (dev, caps) = out.stdout.split_once("---\n").unwrap();
+    let gpu0 = &world.driver.gpus[0];
+    let second = &world.driver.mig_devices(0)[1];
+    let gpu_nodes: Vec<&str> = dev
+        .split_whitespace()
+        .filter(|n| n.starts_with("nvidia") && n[6..].bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    assert_eq!(
+        gpu_nodes,
+        [format!("nvidia{}", gpu0.minor)],
+        "{}",
+        out.stdout
+    );
+    for node in [
+        format!(
+            "nvidia-cap{}",
+            FakeDriver::mig_minor(gpu0.minor, second.gi, None)
+        ),
+        format!(
+            "nvidia-cap{}",
+            FakeDriver::mig_minor(gpu0.minor, second.gi, Some(second.ci))
+        ),
+        "channel1".to_string(),
+    ] {
+        assert!(caps.split_whitespace().any(|n| n == node), "{node}: {caps}");
+    }
+    assert!(!caps.contains("channel0"), "{caps}");
 }
 
 /// The image has no /etc/ld.so.cache: only our hook, run by podman from
@@ -543,6 +621,208 @@ fn runtime_runs_the_generated_spec_by_cdi_name_and_by_index() {
             "{env:?}"
         );
     }
+}
+
+/// Sorted words of `text`.
+fn sorted_words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = text.split_whitespace().map(str::to_string).collect();
+    words.sort();
+    words
+}
+
+/// Two GPUs, MIG devices gi1/ci0 + gi2/ci0 on GPU 0 and gi1/ci0 on GPU 1,
+/// two IMEX channels; the runtime in CDI mode reading `<tmp>/cdi`.
+fn mig_world(name: &str) -> (World, PathBuf) {
+    let world = World::build(
+        name,
+        &FakeDriverOptions::two_gpus()
+            .with_mig(vec![
+                FakeMig::new(0, 1, 0),
+                FakeMig::new(0, 2, 0),
+                FakeMig::new(1, 1, 0),
+            ])
+            .with_imex_channels(2),
+        "",
+        "mode = \"cdi\"",
+    );
+    let spec_dir = world.use_cdi_spec_dir();
+    (world, spec_dir)
+}
+
+#[test]
+fn generated_mig_imex_and_management_devices_run() {
+    if !require_root() {
+        return;
+    }
+    let (world, spec_dir) = mig_world("cdi-mig");
+    let gpu_spec = spec_dir.join("nvidia.yaml");
+    let generate_gpu_spec = [
+        "cdi",
+        "generate",
+        "--device-name-strategy",
+        "both",
+        "--output",
+        gpu_spec.to_str().unwrap(),
+    ];
+    world.ctk(&generate_gpu_spec).assert_success("generate");
+    for mode in ["imex", "management"] {
+        let output = spec_dir.join(format!("{mode}.yaml"));
+        world
+            .ctk(&[
+                "cdi",
+                "generate",
+                "--mode",
+                mode,
+                "--output",
+                output.to_str().unwrap(),
+            ])
+            .assert_success(&format!("generate --mode {mode}"));
+    }
+
+    // The names: GPUs, then each GPU's MIG devices by `<gpu>:<mig>` and UUID.
+    let driver = &world.driver;
+    let mut expected = Vec::new();
+    for (index, gpu) in driver.gpus.iter().enumerate() {
+        expected.push(format!("nvidia.com/gpu={index}"));
+        expected.push(format!("nvidia.com/gpu={}", gpu.uuid));
+        for (mig_index, mig) in driver.mig_devices(index).into_iter().enumerate() {
+            expected.push(format!("nvidia.com/gpu={index}:{mig_index}"));
+            expected.push(format!("nvidia.com/gpu={}", mig.uuid));
+        }
+    }
+    expected.push("nvidia.com/gpu=all".to_string());
+    expected.extend(["0", "1", "all"].map(|n| format!("nvidia.com/imex-channel={n}")));
+    expected.push("management.nvidia.com/gpu=all".to_string());
+    expected.sort();
+    let registry = Registry::load(std::slice::from_ref(&spec_dir));
+    assert!(registry.broken.is_empty(), "{:?}", registry.broken);
+    let mut names = registry.device_names().to_vec();
+    names.sort();
+    assert_eq!(names, expected);
+
+    let run = |name: &str, value: &str, script: &str| {
+        let bundle = world.bundle(
+            name,
+            RootfsKind::Glibc { ldconfig: false },
+            &["sh", "-c", script],
+            &[&format!("NVIDIA_VISIBLE_DEVICES={value}")],
+        );
+        let out = world.run(&bundle);
+        out.assert_success(value);
+        out.stdout
+    };
+
+    // A MIG device, by index and by UUID: its parent's node, its two
+    // capability nodes, and the parent in nvidia-smi. (The capability files
+    // CUDA reads are kept in the hook's /proc/driver/nvidia mask; this
+    // host's procfs has no driver dir to mask, so the hook test
+    // `hook_masks_by_the_nodes_of_a_cdi_container` shows them.)
+    let gpu0 = &driver.gpus[0];
+    let gpu1 = &driver.gpus[1];
+    let second_of_gpu0 = driver.mig_devices(0)[1].clone();
+    let first_of_gpu1 = driver.mig_devices(1)[0].clone();
+    let cases = [
+        ("nvidia.com/gpu=0:1".to_string(), gpu0, &second_of_gpu0),
+        (
+            format!("nvidia.com/gpu={}", first_of_gpu1.uuid),
+            gpu1,
+            &first_of_gpu1,
+        ),
+    ];
+    for (value, parent, mig) in cases {
+        let stdout = run(
+            &format!("mig-{}", value.replace(['/', '=', ':'], "_")),
+            &value,
+            "ls /dev; echo ---; ls /dev/nvidia-caps; echo ---; nvidia-smi -L",
+        );
+        let parts: Vec<&str> = stdout.split("---\n").collect();
+        assert_eq!(parts.len(), 3, "{value}: {stdout}");
+        let gpu_nodes: Vec<String> = sorted_words(parts[0])
+            .into_iter()
+            .filter(|n| n.starts_with("nvidia") && n[6..].bytes().all(|b| b.is_ascii_digit()))
+            .collect();
+        assert_eq!(gpu_nodes, [format!("nvidia{}", parent.minor)], "{value}");
+        let gi_minor = FakeDriver::mig_minor(parent.minor, mig.gi, None);
+        let ci_minor = FakeDriver::mig_minor(parent.minor, mig.gi, Some(mig.ci));
+        assert_eq!(
+            sorted_words(parts[1]),
+            sorted_words(&format!("nvidia-cap{gi_minor} nvidia-cap{ci_minor}")),
+            "{value}"
+        );
+        assert!(parts[2].contains(&parent.uuid), "{value}: {}", parts[2]);
+    }
+
+    // `all` holds every MIG device's capability nodes too.
+    let stdout = run("mig-all", "nvidia.com/gpu=all", "ls /dev/nvidia-caps");
+    let mut expected_caps = Vec::new();
+    for (index, gpu) in driver.gpus.iter().enumerate() {
+        for mig in driver.mig_devices(index) {
+            expected_caps.push(format!(
+                "nvidia-cap{}",
+                FakeDriver::mig_minor(gpu.minor, mig.gi, None)
+            ));
+            expected_caps.push(format!(
+                "nvidia-cap{}",
+                FakeDriver::mig_minor(gpu.minor, mig.gi, Some(mig.ci))
+            ));
+        }
+    }
+    expected_caps.sort();
+    expected_caps.dedup();
+    assert_eq!(sorted_words(&stdout), expected_caps, "nvidia.com/gpu=all");
+
+    // An IMEX channel: that channel's node alone.
+    let stdout = run(
+        "imex-1",
+        "nvidia.com/imex-channel=1",
+        "ls /dev/nvidia-caps-imex-channels",
+    );
+    assert_eq!(sorted_words(&stdout), ["channel1"], "imex-channel=1");
+
+    // The management device: every GPU, every capability node (MIG
+    // config and monitor included) and channel, and the driver's tools,
+    // without naming a GPU.
+    let stdout = run(
+        "management",
+        "management.nvidia.com/gpu=all",
+        "ls /dev; echo ---; ls /dev/nvidia-caps; echo ---; ls /dev/nvidia-caps-imex-channels; \
+         echo ---; nvidia-smi -L",
+    );
+    let parts: Vec<&str> = stdout.split("---\n").collect();
+    assert_eq!(parts.len(), 4, "management: {stdout}");
+    for gpu in &driver.gpus {
+        assert!(
+            sorted_words(parts[0]).contains(&format!("nvidia{}", gpu.minor)),
+            "management: {}",
+            parts[0]
+        );
+    }
+    let mut management_caps = expected_caps.clone();
+    management_caps.extend(["nvidia-cap1".to_string(), "nvidia-cap2".to_string()]);
+    management_caps.sort();
+    assert_eq!(sorted_words(parts[1]), management_caps, "management");
+    assert_eq!(
+        sorted_words(parts[2]),
+        ["channel0", "channel1"],
+        "management"
+    );
+    assert_eq!(
+        parts[3],
+        driver.smi_output(&[0, 1]),
+        "management: nvidia-smi -L"
+    );
+
+    // Regenerating an unchanged host leaves the file alone (same inode).
+    use std::os::unix::fs::MetadataExt;
+    let before = fs::metadata(&gpu_spec).unwrap();
+    let out = world.ctk(&generate_gpu_spec);
+    out.assert_success("generate again");
+    assert!(out.stdout.starts_with("unchanged "), "{}", out.stdout);
+    let after = fs::metadata(&gpu_spec).unwrap();
+    assert_eq!(
+        (before.ino(), before.mtime_nsec()),
+        (after.ino(), after.mtime_nsec())
+    );
 }
 
 #[test]

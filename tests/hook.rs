@@ -623,19 +623,24 @@ fn docker_gpus_on_a_host_without_a_driver_says_what_to_do() {
     }
 }
 
-/// The masking end to end, without runc: a process in its own mount
-/// namespace stands in for the container's init, and the fake rootfs has a
+/// What the hook masked in a container's namespace, and whether the tree
+/// refused a write.
+struct MaskedView {
+    status: i32,
+    stderr: String,
+    seen: BTreeMap<String, String>,
+    write_error: Option<std::io::Error>,
+    rootfs: PathBuf,
+    before: BTreeMap<PathBuf, String>,
+}
+
+/// Runs the hook with `args` (after `prestart --injected-by-runtime
+/// --config ...`) for a container whose config.json has `devices` as
+/// `linux.devices`, without runc: a process in its own mount namespace
+/// stands in for the container's init, and the fake rootfs has a
 /// `/proc/driver/nvidia` (as a GPU host's procfs would show it).
-#[test]
-fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
-    if !require_root() {
-        return;
-    }
-    if require_tool("unshare").is_none() {
-        return;
-    }
-    let setup = World::new("hook-maskns");
-    let bundle = setup.dir("bundle");
+fn masked_view(setup: &World, name: &str, devices: Value, args: &[&str]) -> MaskedView {
+    let bundle = setup.dir(name);
     let rootfs = bundle.join("rootfs");
     let visible = rootfs.join("proc/driver/nvidia");
     fs::create_dir_all(visible.join("gpus/0000:3b:00.0")).unwrap();
@@ -644,8 +649,9 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
     fs::create_dir_all(rootfs.join("etc")).unwrap();
     fs::write(
         bundle.join("config.json"),
-        json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"env": []}})
-            .to_string(),
+        json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}, "process": {"env": []},
+               "linux": {"devices": devices}})
+        .to_string(),
     )
     .unwrap();
     let before = tree_snapshot(&rootfs.join("proc"));
@@ -665,32 +671,10 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let state = json!({"ociVersion": "1.0.2", "id": "x", "status": "creating", "pid": pid, "bundle": bundle});
-    let selected = setup.driver.gpus[0].bus_id.clone();
-    // A MIG capability file the runtime asks the mask to keep.
-    let source = setup.driver.proc_root.join("driver/nvidia");
-    let mig_config = "capabilities/mig/config";
-    if !source.join(mig_config).exists() {
-        fs::create_dir_all(source.join("capabilities/mig")).unwrap();
-        fs::write(source.join(mig_config), "DeviceFileMinor: 1\n").unwrap();
-    }
     let config = setup.config.to_str().unwrap();
-    let library = "libcuda.so.1=/usr/lib64/libcuda.so.1";
-    let (status, stderr) = run_hook(
-        &[
-            "prestart",
-            "--injected-by-runtime",
-            "--config",
-            config,
-            "--library",
-            library,
-            "--gpu",
-            &selected,
-            "--proc-file",
-            mig_config,
-        ],
-        state.to_string().as_bytes(),
-        &[],
-    );
+    let mut argv = vec!["prestart", "--injected-by-runtime", "--config", config];
+    argv.extend_from_slice(args);
+    let (status, stderr) = run_hook(&argv, state.to_string().as_bytes(), &[]);
     let inside =
         PathBuf::from(format!("/proc/{pid}/root")).join(visible.strip_prefix("/").unwrap());
     let seen = if status == 0 {
@@ -701,10 +685,21 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
     let write_error = fs::write(inside.join("params"), "ModifyDeviceFiles: 1\n").err();
     let _ = init.kill();
     let _ = init.wait();
-    assert_eq!(status, 0, "{stderr}\n{}", setup.debug_log());
+    MaskedView {
+        status,
+        stderr,
+        seen,
+        write_error,
+        rootfs,
+        before,
+    }
+}
 
-    let information = format!("gpus/{selected}/information");
-    let expected: BTreeMap<String, String> = [
+/// The files a masked tree holds: version, params masked, the GPU's
+/// information, and `extra` (paths below the driver's procfs).
+fn expected_mask(source: &Path, gpu: &str, extra: &[String]) -> BTreeMap<String, String> {
+    let information = format!("gpus/{gpu}/information");
+    let mut expected: BTreeMap<String, String> = [
         (
             "version".to_string(),
             fs::read_to_string(source.join("version")).unwrap(),
@@ -719,15 +714,52 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
             information.clone(),
             fs::read_to_string(source.join(&information)).unwrap(),
         ),
-        (
-            mig_config.to_string(),
-            fs::read_to_string(source.join(mig_config)).unwrap(),
-        ),
     ]
     .into_iter()
     .collect();
-    assert_eq!(seen, expected);
-    let write_error = write_error.expect("the masked tree must be read-only");
+    for file in extra {
+        expected.insert(file.clone(), fs::read_to_string(source.join(file)).unwrap());
+    }
+    expected
+}
+
+#[test]
+fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
+    if !require_root() {
+        return;
+    }
+    if require_tool("unshare").is_none() {
+        return;
+    }
+    let setup = World::new("hook-maskns");
+    let selected = setup.driver.gpus[0].bus_id.clone();
+    // A MIG capability file the runtime asks the mask to keep.
+    let source = setup.driver.proc_root.join("driver/nvidia");
+    let mig_config = "capabilities/mig/config";
+    if !source.join(mig_config).exists() {
+        fs::create_dir_all(source.join("capabilities/mig")).unwrap();
+        fs::write(source.join(mig_config), "DeviceFileMinor: 1\n").unwrap();
+    }
+    let library = "libcuda.so.1=/usr/lib64/libcuda.so.1";
+    let view = masked_view(
+        &setup,
+        "bundle",
+        json!([]),
+        &[
+            "--library",
+            library,
+            "--gpu",
+            &selected,
+            "--proc-file",
+            mig_config,
+        ],
+    );
+    assert_eq!(view.status, 0, "{}\n{}", view.stderr, setup.debug_log());
+    assert_eq!(
+        view.seen,
+        expected_mask(&source, &selected, &[mig_config.to_string()])
+    );
+    let write_error = view.write_error.expect("the masked tree must be read-only");
     assert_eq!(
         write_error.raw_os_error(),
         Some(30),
@@ -735,13 +767,55 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
     );
     // The host's view of the rootfs is untouched: the tmpfs exists only in
     // the container's namespace.
-    assert_eq!(tree_snapshot(&rootfs.join("proc")), before);
+    assert_eq!(tree_snapshot(&view.rootfs.join("proc")), view.before);
     // The cache went to the rootfs' /etc.
-    let listing = ldconfig_print(&rootfs.join("etc/ld.so.cache"));
+    let listing = ldconfig_print(&view.rootfs.join("etc/ld.so.cache"));
     assert!(
         listing.contains(&injected_line("libcuda.so.1", "/usr/lib64")),
         "{listing}"
     );
+}
+
+/// A CDI spec's shared hook entry names no GPU and no file: the mask shows
+/// the GPU whose node the container has and the MIG capability files of
+/// its `nvidia-caps` nodes (found through mig-minors), nothing of the
+/// other GPU or the other MIG devices.
+#[test]
+fn hook_masks_by_the_nodes_of_a_cdi_container() {
+    if !require_root() {
+        return;
+    }
+    if require_tool("unshare").is_none() {
+        return;
+    }
+    let setup = World::build(
+        "hook-maskcdi",
+        &FakeDriverOptions::two_gpus().with_mig(vec![FakeMig::new(1, 1, 0), FakeMig::new(1, 2, 0)]),
+        "",
+        "",
+    );
+    let gpu = &setup.driver.gpus[1];
+    let mig = &setup.driver.mig_devices(1)[1];
+    let gi = FakeDriver::mig_minor(gpu.minor, mig.gi, None);
+    let ci = FakeDriver::mig_minor(gpu.minor, mig.gi, Some(mig.ci));
+    let node = |path: String| json!({"path": path, "type": "c", "major": 0, "minor": 0});
+    let devices = json!([
+        node("/dev/nvidiactl".to_string()),
+        node(format!("/dev/nvidia{}", gpu.minor)),
+        node(format!("/dev/nvidia-caps/nvidia-cap{gi}")),
+        node(format!("/dev/nvidia-caps/nvidia-cap{ci}")),
+    ]);
+    let view = masked_view(&setup, "bundle", devices, &[]);
+    assert_eq!(view.status, 0, "{}\n{}", view.stderr, setup.debug_log());
+    let source = setup.driver.proc_root.join("driver/nvidia");
+    let extra = [
+        format!("capabilities/gpu{}/mig/gi{}/access", gpu.minor, mig.gi),
+        format!(
+            "capabilities/gpu{}/mig/gi{}/ci{}/access",
+            gpu.minor, mig.gi, mig.ci
+        ),
+    ];
+    assert_eq!(view.seen, expected_mask(&source, &gpu.bus_id, &extra));
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -14,10 +14,10 @@ use nvidia_container_runtime::config::{Config, Source};
 use nvidia_container_runtime::configure::{self, Applied, Options};
 use nvidia_container_runtime::ctk::{
     CdiCommand, CdiHookArgs, Cli, Command, ConfigureArgs, DoctorArgs, FormatArg, GenerateArgs,
-    InfoArgs, ListArgs, RuntimeCommand, StrategyArg,
+    InfoArgs, ListArgs, ModeArg, RuntimeCommand, StrategyArg,
 };
 use nvidia_container_runtime::driver::{Driver, Roots};
-use nvidia_container_runtime::edits::{self, GenerateOptions, NameStrategy};
+use nvidia_container_runtime::edits::{self, GenerateMode, GenerateOptions, NameStrategy};
 use nvidia_container_runtime::inspect::{self, ConfigReport, HostRoot};
 use nvidia_container_runtime::runtime::{find_hook, lookup_executable};
 
@@ -161,9 +161,16 @@ fn cdi_generate(args: GenerateArgs) -> anyhow::Result<()> {
         &self_exe,
     )?;
     let driver = Driver::discover(Roots::from_config(&config))?;
+    let mode = match args.mode {
+        ModeArg::Auto | ModeArg::Nvml => GenerateMode::Gpu,
+        ModeArg::Management => GenerateMode::Management,
+        ModeArg::Imex => GenerateMode::Imex,
+    };
+    let (default_vendor, default_class) = mode.default_vendor_and_class();
     let options = GenerateOptions {
-        vendor: args.vendor,
-        class: args.class,
+        mode,
+        vendor: args.vendor.unwrap_or_else(|| default_vendor.to_string()),
+        class: args.class.unwrap_or_else(|| default_class.to_string()),
         strategy: match args.device_name_strategy {
             StrategyArg::Index => NameStrategy::Index,
             StrategyArg::Uuid => NameStrategy::Uuid,
@@ -186,13 +193,14 @@ fn cdi_generate(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(dir) = output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    cdi::write_spec_file(&output, &text)?;
+    let written = cdi::write_spec_file(&output, &text)?;
     let names: Vec<String> = spec
         .devices
         .iter()
         .map(|device| format!("{}={}", spec.kind, device.name))
         .collect();
-    println!("wrote {}: {}", output.display(), names.join(", "));
+    let verb = if written { "wrote" } else { "unchanged" };
+    println!("{verb} {}: {}", output.display(), names.join(", "));
     if Format::from_path(&output).is_none() {
         eprintln!(
             "warning: engines read only .json and .yaml files from their spec dirs; {} will not be found there",

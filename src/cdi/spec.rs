@@ -303,7 +303,14 @@ fn validate_edits(edits: &Edits) -> Result<(), String> {
 /// Writes `text` to `path` atomically with mode 0644: a temp file in the
 /// same dir, fsync, rename, fsync the dir. Readers (an engine refreshing its
 /// spec cache) see the old file or the new one, never half of one.
-pub fn write_spec_file(path: &Path, text: &str) -> Result<(), CdiError> {
+/// `Ok(false)`: the file already held `text`, and was left untouched.
+pub fn write_spec_file(path: &Path, text: &str) -> Result<bool, CdiError> {
+    // Unchanged content is not rewritten: the refresh unit runs at every
+    // boot and driver change, and every rewrite wakes each engine's spec
+    // dir watcher (and a reader could see the old inode go away).
+    if spec_file_holds(path, text) {
+        return Ok(false);
+    }
     let options = crate::atomic::Options {
         // Set explicitly: the umask must not make the spec unreadable to an
         // engine running as another user.
@@ -314,7 +321,22 @@ pub fn write_spec_file(path: &Path, text: &str) -> Result<(), CdiError> {
     crate::atomic::write(path, text.as_bytes(), &options).map_err(|source| CdiError::Write {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    Ok(true)
+}
+
+/// Whether `path` is already a regular file of mode 0644 holding `text`
+/// (a symlink, or a file of another mode or content, is rewritten).
+fn spec_file_holds(path: &Path, text: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_file() || meta.permissions().mode() & 0o7777 != 0o644 {
+        return false;
+    }
+    crate::bounded::read_file(path, crate::bounded::CDI_SPEC)
+        .is_ok_and(|bytes| bytes == text.as_bytes())
 }
 
 #[cfg(test)]

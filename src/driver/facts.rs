@@ -81,6 +81,7 @@ type NvmlGetUuid = unsafe extern "C" fn(*mut c_void, *mut c_char, c_uint) -> c_i
 type NvmlGetParent = unsafe extern "C" fn(*mut c_void, *mut *mut c_void) -> c_int;
 type NvmlGetMigByIndex = unsafe extern "C" fn(*mut c_void, c_uint, *mut *mut c_void) -> c_int;
 type NvmlGetInstanceId = unsafe extern "C" fn(*mut c_void, *mut c_uint) -> c_int;
+type NvmlGetMaxMigCount = unsafe extern "C" fn(*mut c_void, *mut c_uint) -> c_int;
 
 /// NVML_DEVICE_UUID_V2_BUFFER_SIZE.
 const UUID_BUFFER: usize = 96;
@@ -274,6 +275,32 @@ impl<'a> HostFacts<'a> {
             ));
         }
         Self::mig_info(nvml, mig, parent_uuid.to_string()).map(Some)
+    }
+
+    /// Every MIG device of a GPU with its NVML MIG index, in index order.
+    /// NVML's indices may have holes (a destroyed instance frees its slot),
+    /// so every slot up to `nvmlDeviceGetMaxMigDeviceCount` is asked.
+    pub fn mig_devices(&mut self, parent_uuid: &str) -> Result<Vec<(u32, MigInfo)>, String> {
+        let nvml = self.nvml()?;
+        let parent = Self::handle_by_uuid(nvml, parent_uuid)?;
+        let max_count = nvml.symbol("nvmlDeviceGetMaxMigDeviceCount")?;
+        // SAFETY: NVML's documented signature; pointer from dlsym.
+        let max_count: NvmlGetMaxMigCount = unsafe { std::mem::transmute(max_count) };
+        let mut count: c_uint = 0;
+        // SAFETY: parent came from NVML; count is a valid out-pointer.
+        let status = unsafe { max_count(parent, &mut count) };
+        if status != 0 {
+            return Err(format!(
+                "NVML cannot count the MIG devices of {parent_uuid} (NVML error {status})"
+            ));
+        }
+        let mut devices = Vec::new();
+        for index in 0..count {
+            if let Some(mig) = self.mig_by_index(parent_uuid, index)? {
+                devices.push((index, mig));
+            }
+        }
+        Ok(devices)
     }
 
     /// The driver root's file for a SONAME, found like the runtime finds it.

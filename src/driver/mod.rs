@@ -33,7 +33,10 @@ pub mod nodes;
 
 pub use facts::{HostFacts, MigInfo, MigLookup};
 pub use libraries::{HostFile, Library, LibraryArch};
-pub use nodes::{DeviceNode, MigDevice, FULL_ACCESS};
+pub use nodes::{
+    mig_capability_proc_file, parse_mig_minors, DeviceNode, MigDevice, FULL_ACCESS,
+    IMEX_CHANNEL_DIR,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {

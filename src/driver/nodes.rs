@@ -29,6 +29,9 @@ pub struct DeviceNode {
     pub permissions: String,
 }
 
+/// The dir under `/dev` of the IMEX channel nodes (`channel<N>`).
+pub const IMEX_CHANNEL_DIR: &str = "nvidia-caps-imex-channels";
+
 /// The cgroup access of an injected device node: everything, as runc gives
 /// the nodes of its own default device list.
 pub const FULL_ACCESS: &str = "rwm";
@@ -73,6 +76,28 @@ impl Driver {
     }
 }
 
+/// The lines of `/proc/driver/nvidia-caps/mig-minors` (`gpu0/gi1/access
+/// 3`): capability name -> minor of its `nvidia-caps/nvidia-cap<minor>`.
+pub fn parse_mig_minors(text: &str) -> HashMap<String, u32> {
+    text.lines()
+        .filter_map(|line| {
+            let (name, minor) = line.trim().rsplit_once(char::is_whitespace)?;
+            Some((name.trim().to_string(), minor.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The file under `/proc/driver/nvidia` of a MIG capability named as in
+/// mig-minors: `gpu0/gi1/ci0/access` -> `capabilities/gpu0/mig/gi1/ci0/access`,
+/// `config` -> `capabilities/mig/config`. CUDA reads it to find the
+/// capability's node.
+pub fn mig_capability_proc_file(name: &str) -> String {
+    match name.split_once('/') {
+        Some((gpu, rest)) if gpu.starts_with("gpu") => format!("capabilities/{gpu}/mig/{rest}"),
+        _ => format!("capabilities/mig/{name}"),
+    }
+}
+
 /// One MIG device: a GPU instance / compute instance of a parent GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigDevice {
@@ -94,13 +119,7 @@ impl Driver {
                 source,
             }
         })?;
-        Ok(text
-            .lines()
-            .filter_map(|line| {
-                let (name, minor) = line.trim().rsplit_once(char::is_whitespace)?;
-                Some((name.trim().to_string(), minor.trim().parse().ok()?))
-            })
-            .collect())
+        Ok(parse_mig_minors(&text))
     }
 
     /// The `nvidia-caps` node of a MIG capability named as in mig-minors.
@@ -145,6 +164,64 @@ impl Driver {
             });
         }
         Ok([gi, ci])
+    }
+
+    /// Whether a GPU has MIG GPU instances, from the driver's procfs
+    /// (`capabilities/gpu<minor>/mig/gi<N>`): asked before NVML is loaded,
+    /// so that a host without MIG never loads it to list none.
+    pub fn has_mig_instances(&self, gpu: &Gpu) -> bool {
+        let dir = self
+            .roots
+            .proc_root
+            .join("driver/nvidia/capabilities")
+            .join(format!("gpu{}", gpu.minor))
+            .join("mig");
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .any(|entry| entry.file_name().to_string_lossy().starts_with("gi"))
+        })
+    }
+
+    /// Every NVIDIA device node a management container (a monitoring
+    /// agent such as DCGM) gets, found on the dev root without NVML as
+    /// NVIDIA's management specs are: `/dev/nvidia*` (control, GPUs, uvm,
+    /// modeset), `nvidia-caps/nvidia-cap*` and
+    /// `nvidia-caps-imex-channels/channel*`; not the GPUDirect Storage,
+    /// NVSwitch and NVLink nodes, which NVIDIA's leave out too. Sorted by
+    /// path; entries that are not character devices are skipped.
+    pub fn management_nodes(&self) -> Result<Vec<DeviceNode>, DriverError> {
+        use std::os::unix::fs::FileTypeExt;
+        const LEFT_OUT: &[&str] = &["nvidia-fs", "nvidia-nvswitch", "nvidia-nvlink"];
+        let mut nodes = Vec::new();
+        for (dir, prefix) in [
+            ("", "nvidia"),
+            ("nvidia-caps", "nvidia-cap"),
+            (IMEX_CHANNEL_DIR, "channel"),
+        ] {
+            let base = self.roots.dev_root.join("dev").join(dir);
+            let Ok(entries) = std::fs::read_dir(&base) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .filter_map(|entry| entry.ok())
+                .filter(|entry| entry.file_type().is_ok_and(|t| t.is_char_device()))
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter(|name| name.starts_with(prefix))
+                .filter(|name| !LEFT_OUT.iter().any(|left_out| name.starts_with(left_out)))
+                .collect();
+            names.sort();
+            for name in names {
+                let relative = match dir {
+                    "" => name,
+                    _ => format!("{dir}/{name}"),
+                };
+                if let Some(node) = self.device_node(&relative)? {
+                    nodes.push(node);
+                }
+            }
+        }
+        Ok(nodes)
     }
 
     /// The DRM card and render nodes of a GPU, from

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::driver::{DeviceNode, Driver, DriverError, Library, LibraryArch};
+use crate::driver::{DeviceNode, Driver, DriverError, Library, LibraryArch, IMEX_CHANNEL_DIR};
 use crate::request::{Capability, ImexChannels, Request};
 
 use super::prestart::{prestart_hook, HookSettings};
@@ -193,7 +193,7 @@ impl ContainerEdits {
         driver: &Driver,
         channels: Option<&ImexChannels>,
     ) -> Result<(), EditsError> {
-        const DIR: &str = "nvidia-caps-imex-channels";
+        const DIR: &str = IMEX_CHANNEL_DIR;
         match channels {
             None => {}
             Some(ImexChannels::All) => {

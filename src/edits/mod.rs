@@ -21,7 +21,7 @@ pub mod generate;
 pub mod prestart;
 pub mod select;
 
-pub use generate::{generate, GenerateOptions, NameStrategy};
+pub use generate::{generate, GenerateMode, GenerateOptions, NameStrategy};
 pub use prestart::{
     prestart_hook, HookSettings, HOOK_ENV, HOOK_INJECTED_FLAG, HOOK_TIMEOUT_SECONDS,
 };
@@ -58,6 +58,8 @@ pub enum EditsError {
         device: String,
         problem: String,
     },
+    #[error("GPU {gpu} is in MIG mode, but its MIG devices cannot be listed: {problem}; check the driver with nvidia-smi -L")]
+    MigList { gpu: String, problem: String },
 }
 
 /// A bind mount from the host into the container.

@@ -19,9 +19,7 @@ use crate::oci::{BundleSpec, State};
 use crate::system::System;
 
 use super::cuda_compat::{self, Compat};
-use super::proc_mask::{
-    gpu_dirs_from_devices, mask_proc_driver, read_masked_tree, PROC_DRIVER_NVIDIA,
-};
+use super::proc_mask::{mask_proc_driver, mask_selection, read_masked_tree, PROC_DRIVER_NVIDIA};
 use super::rootfs::{open_rootfs, replace_file};
 use super::HookError;
 
@@ -239,8 +237,8 @@ pub fn run(
     let masked = match subcommand {
         Subcommand::DisableDeviceNodeModification => {
             let spec = BundleSpec::read(&state.bundle)?;
-            let gpus = gpu_dirs_from_devices(&spec.value, &proc_source);
-            Some(read_masked_tree(&proc_source, &gpus, &[]))
+            let (gpus, files) = mask_selection(&spec.value, &proc_source, &[], &[]);
+            Some(read_masked_tree(&proc_source, &gpus, &files))
         }
         _ => None,
     };

@@ -51,8 +51,8 @@ pub use args::{HookArgs, Stage};
 pub use harden::{harden_process, scrub_loader_environment, DEADLINE_SECONDS, LOADER_VARIABLES};
 pub use ld_cache::{update_ld_cache, MAX_LD_CACHE_BYTES};
 pub use proc_mask::{
-    build_masked_tree, gpu_dirs_from_devices, mask_params, mask_proc_driver, read_masked_tree,
-    MaskedTree,
+    build_masked_tree, gpu_dirs_from_devices, mask_params, mask_proc_driver, mask_selection,
+    mig_files_from_devices, read_masked_tree, MaskedTree,
 };
 
 use proc_mask::PROC_DRIVER_NVIDIA;
@@ -211,12 +211,9 @@ pub fn prestart(
     let proc_source = config.proc_root().join(PROC_DRIVER_NVIDIA);
     // A CDI spec's hook entry is shared by every device and so names no
     // GPU: then the GPUs are the ones whose nodes the spec gives.
-    let gpus = if args.gpus.is_empty() {
-        gpu_dirs_from_devices(&spec.value, &proc_source)
-    } else {
-        args.gpus.clone()
-    };
-    let masked_tree = read_masked_tree(&proc_source, &gpus, &args.proc_files);
+    let (gpus, proc_files) =
+        mask_selection(&spec.value, &proc_source, &args.gpus, &args.proc_files);
+    let masked_tree = read_masked_tree(&proc_source, &gpus, &proc_files);
     // CUDA forward compatibility needs compute (libcuda is injected) and
     // the host driver's version, read here on the host.
     let compat_host_version = (config.cuda_compat_enabled()
@@ -361,12 +358,9 @@ fn out_of_band(
     });
     // Host side: the procfs to mask, the sources, the device rules.
     let proc_source = config.proc_root().join(PROC_DRIVER_NVIDIA);
-    let gpus = if ours.gpus.is_empty() {
-        gpu_dirs_from_devices(&spec.value, &proc_source)
-    } else {
-        ours.gpus.clone()
-    };
-    let masked_tree = read_masked_tree(&proc_source, &gpus, &ours.proc_files);
+    let (gpus, proc_files) =
+        mask_selection(&spec.value, &proc_source, &ours.gpus, &ours.proc_files);
+    let masked_tree = read_masked_tree(&proc_source, &gpus, &proc_files);
     let prepared = inject::prepare(system, &container, &edits, &spec.value)?;
     // Container side.
     if let Err(errno) = system.enter_mount_namespace_of(container.pidfd.as_fd()) {

@@ -111,6 +111,67 @@ pub fn gpu_dirs_from_devices(spec: &Value, proc_source: &Path) -> Vec<String> {
     dirs
 }
 
+/// What the mask shows: the GPU dirs and extra files the hook's argv
+/// names (our runtime's entry), else what the spec's device nodes give (a
+/// CDI spec's shared entry names none): [`gpu_dirs_from_devices`] and
+/// [`mig_files_from_devices`].
+pub fn mask_selection(
+    spec: &Value,
+    proc_source: &Path,
+    named_gpus: &[String],
+    named_files: &[PathBuf],
+) -> (Vec<String>, Vec<PathBuf>) {
+    if !named_gpus.is_empty() || !named_files.is_empty() {
+        return (named_gpus.to_vec(), named_files.to_vec());
+    }
+    (
+        gpu_dirs_from_devices(spec, proc_source),
+        mig_files_from_devices(spec, proc_source),
+    )
+}
+
+/// The MIG capability files (`capabilities/gpu0/mig/gi1/access`, ...) of
+/// the `/dev/nvidia-caps/nvidia-cap<minor>` nodes in the spec's
+/// `linux.devices`, through the driver's `nvidia-caps/mig-minors` next to
+/// `proc_source`; sorted. CUDA finds a MIG device's nodes through these
+/// files, so a container given the nodes by a CDI spec must see them. An
+/// unreadable mig-minors gives none: the mask then shows less, never more.
+pub fn mig_files_from_devices(spec: &Value, proc_source: &Path) -> Vec<PathBuf> {
+    let minors: Vec<u32> = spec
+        .pointer("/linux/devices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|device| {
+            device
+                .get("path")?
+                .as_str()?
+                .strip_prefix("/dev/nvidia-caps/nvidia-cap")
+        })
+        .filter_map(|suffix| suffix.parse().ok())
+        .collect();
+    if minors.is_empty() {
+        return Vec::new();
+    }
+    let Some(mig_minors_path) = proc_source
+        .parent()
+        .map(|driver| driver.join("nvidia-caps/mig-minors"))
+    else {
+        return Vec::new();
+    };
+    let Ok(text) = crate::bounded::read_file_to_string(&mig_minors_path, PROCFS_FILE) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = crate::driver::parse_mig_minors(&text)
+        .into_iter()
+        .filter(|(_, minor)| minors.contains(minor))
+        .map(|(name, _)| PathBuf::from(crate::driver::mig_capability_proc_file(&name)))
+        .filter(|file| is_relative_below(&file.to_string_lossy()))
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn read_masked_tree(
     source: &Path,
     gpu_dirs: &[String],
@@ -365,6 +426,45 @@ mod tests {
         let none = serde_json::json!({"linux": {"devices": [{"path": "/dev/nvidiactl"}]}});
         assert!(gpu_dirs_from_devices(&none, &dir).is_empty());
         assert!(gpu_dirs_from_devices(&serde_json::json!({}), &dir).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mig_files_of_a_cdi_container_come_from_its_capability_nodes() {
+        let dir = std::env::temp_dir().join(format!("ncr-hook-mig-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let proc_source = dir.join("driver/nvidia");
+        std::fs::create_dir_all(&proc_source).unwrap();
+        std::fs::create_dir_all(dir.join("driver/nvidia-caps")).unwrap();
+        std::fs::write(
+            dir.join("driver/nvidia-caps/mig-minors"),
+            "config 1\nmonitor 2\ngpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\ngpu1/gi2/access 150\n",
+        )
+        .unwrap();
+        let spec = serde_json::json!({"linux": {"devices": [
+            {"path": "/dev/nvidia0"},
+            {"path": "/dev/nvidia-caps/nvidia-cap13"},
+            {"path": "/dev/nvidia-caps/nvidia-cap12"},
+            {"path": "/dev/nvidia-caps/nvidia-cap2"},
+            {"path": "/dev/nvidia-caps/nvidia-capx"}
+        ]}});
+        assert_eq!(
+            mig_files_from_devices(&spec, &proc_source),
+            [
+                PathBuf::from("capabilities/gpu0/mig/gi1/access"),
+                PathBuf::from("capabilities/gpu0/mig/gi1/ci0/access"),
+                PathBuf::from("capabilities/mig/monitor"),
+            ]
+        );
+        // The argv's own selection wins: our runtime's entry names them.
+        let named = [PathBuf::from("capabilities/mig/config")];
+        assert_eq!(
+            mask_selection(&spec, &proc_source, &[], &named).1,
+            named.to_vec()
+        );
+        // Without mig-minors the mask shows no MIG file (less, never more).
+        std::fs::remove_file(dir.join("driver/nvidia-caps/mig-minors")).unwrap();
+        assert!(mig_files_from_devices(&spec, &proc_source).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
