@@ -974,3 +974,88 @@ fn list_orders_dirs_and_reports_conflicts() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("defined twice"));
 }
+
+// ---------------------------------------------------------------------------
+// The refresh unit
+// ---------------------------------------------------------------------------
+
+/// The `Environment=` and the nvidia-ctk `ExecStart=` lines of the shipped
+/// nvidia-cdi-refresh.service (no systemd runs here to start it).
+fn refresh_unit() -> (Vec<(String, String)>, Vec<Vec<String>>) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/systemd/nvidia-cdi-refresh.service");
+    let text = fs::read_to_string(&path).unwrap();
+    let mut environment = Vec::new();
+    let mut commands = Vec::new();
+    for line in text.lines() {
+        if let Some(assignment) = line.strip_prefix("Environment=") {
+            let (key, value) = assignment.split_once('=').unwrap();
+            environment.push((key.to_string(), value.to_string()));
+        } else if let Some(command) = line.strip_prefix("ExecStart=/usr/bin/nvidia-ctk ") {
+            commands.push(command.split_whitespace().map(str::to_string).collect());
+        }
+    }
+    (environment, commands)
+}
+
+/// The service's regeneration, as systemd would run it at boot and on a
+/// driver change: it writes the spec named by its environment, leaves an
+/// unchanged one alone, and follows a driver upgrade (another version,
+/// another GPU) on its next run.
+#[test]
+fn the_refresh_unit_follows_the_driver() {
+    if !require_root() {
+        return;
+    }
+    let (environment, commands) = refresh_unit();
+    assert_eq!(
+        environment,
+        [(
+            "NVIDIA_CTK_CDI_OUTPUT_FILE_PATH".to_string(),
+            "/var/run/cdi/nvidia.yaml".to_string()
+        )]
+    );
+    assert_eq!(commands, [["cdi", "generate"]]);
+    let world = World::new("cdi-refresh", "", "");
+    // An override file's job: the spec goes to this test's dir.
+    let spec = world.dir().join("run-cdi/nvidia.yaml");
+    let run = |world: &World| {
+        let out = Command::new(CTK)
+            .args(&commands[0])
+            .env("NVIDIA_CTK_CONFIG_FILE_PATH", &world.config)
+            .env("NVIDIA_CTK_CDI_OUTPUT_FILE_PATH", &spec)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run(&world);
+    assert!(stdout.starts_with("wrote "), "{stdout}");
+    let first = fs::read_to_string(&spec).unwrap();
+    assert!(first.contains("libcuda.so.550.54.15"), "{first}");
+    assert_eq!(
+        fs::metadata(&spec).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let stdout = run(&world);
+    assert!(stdout.starts_with("unchanged "), "{stdout}");
+
+    // The upgrade: the config now points at a driver of another version
+    // with a third GPU, as the host's files would after the installer ran.
+    let mut options = FakeDriverOptions::with_gpu_count(3).with_drm();
+    options.version = "570.86.15".to_string();
+    options.kernel_version = options.version.clone();
+    let upgraded = FakeDriver::build(&world.dir().join("driver-570"), &options);
+    upgraded.write_config(&world.config, "");
+    let stdout = run(&world);
+    assert!(stdout.starts_with("wrote "), "{stdout}");
+    assert!(stdout.contains("nvidia.com/gpu=2"), "{stdout}");
+    let second = fs::read_to_string(&spec).unwrap();
+    assert!(second.contains("libcuda.so.570.86.15"), "{second}");
+    assert!(!second.contains("550.54.15"), "{second}");
+}

@@ -131,6 +131,8 @@ for path in \
     /usr/share/man/man1/nvidia-container-runtime-hook.1.gz \
     /usr/share/man/man1/nvidia-docker.1.gz \
     /usr/share/man/man1/nvidia-cdi-hook.1.gz \
+    /lib/systemd/system/nvidia-cdi-refresh.service \
+    /lib/systemd/system/nvidia-cdi-refresh.path \
     /usr/share/bash-completion/completions/nvidia-ctk \
     /usr/share/zsh/vendor-completions/_nvidia-ctk \
     /usr/share/fish/vendor_completions.d/nvidia-ctk.fish; do
@@ -156,6 +158,20 @@ check_daemon_json "after dpkg -i"
 cmp /etc/nvidia-container-runtime/config.toml packaging/config.toml ||
     fail "the installed config.toml is not packaging/config.toml"
 
+echo "== the CDI refresh units"
+# Static checks of the installed units (unknown keys and values, a bad
+# command line, a second ExecStart outside a oneshot); the man page is
+# checked below. systemd is not PID 1 here, so the units cannot run:
+# tests/cdi.rs runs the service's commands. An unknown key is only a
+# warning to systemd-analyze: any output fails.
+verify_log=$(systemd-analyze verify --man=no /lib/systemd/system/nvidia-cdi-refresh.service \
+    /lib/systemd/system/nvidia-cdi-refresh.path 2>&1) || fail "systemd-analyze verify failed: $verify_log"
+[ -z "$verify_log" ] || fail "systemd-analyze verify warns about the units: $verify_log"
+for unit in nvidia-cdi-refresh.service nvidia-cdi-refresh.path; do
+    [ -L "/etc/systemd/system/multi-user.target.wants/$unit" ] ||
+        fail "$unit is not enabled after dpkg -i"
+done
+
 echo "== nvidia-container-runtime --version"
 # Reads the installed config.toml (a syntax error would stop it) and execs runc.
 version=$(/usr/bin/nvidia-container-runtime --version)
@@ -173,7 +189,7 @@ check_daemon_json "after runtime configure --dry-run"
 
 echo "== man pages and completions"
 if command -v man >/dev/null; then
-    for page in nvidia-ctk nvidia-ctk-runtime-configure nvidia-container-runtime nvidia-docker; do
+    for page in nvidia-ctk nvidia-ctk-runtime-configure nvidia-ctk-cdi-generate nvidia-container-runtime nvidia-docker; do
         man -w "$page" >/dev/null || fail "man $page: not found"
     done
 fi
@@ -186,7 +202,20 @@ NCR_RUNTIME=/usr/bin/nvidia-container-runtime CI="${CI:-true}" \
 check_daemon_json "after the container"
 
 echo "== dpkg --purge"
+# A spec the refresh unit wrote names our hook: the purge removes it. Only
+# where the machine has no spec of that name already.
+refresh_spec=/var/run/cdi/nvidia.yaml
+wrote_spec=false
+if [ ! -e "$refresh_spec" ]; then
+    mkdir -p /var/run/cdi
+    printf 'cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ncontainerEdits:\n  hooks:\n  - hookName: createContainer\n    path: /usr/bin/nvidia-container-runtime-hook\n' >"$refresh_spec"
+    wrote_spec=true
+fi
 dpkg --purge "$pkg"
+if [ "$wrote_spec" = true ] && [ -e "$refresh_spec" ]; then
+    rm -f "$refresh_spec"
+    fail "$refresh_spec names the removed hook and is left after --purge"
+fi
 installed=false
 ! is_installed "$pkg" || fail "$pkg is still known to dpkg after --purge"
 [ ! -e /etc/nvidia-container-runtime ] || fail "/etc/nvidia-container-runtime is left after --purge"
@@ -197,6 +226,10 @@ while read -r path; do
         [ ! -e "$path" ] || fail "$path is left after the purge"
     fi
 done <"$work/paths"
+for unit in nvidia-cdi-refresh.service nvidia-cdi-refresh.path; do
+    [ ! -e "/etc/systemd/system/multi-user.target.wants/$unit" ] ||
+        fail "$unit is still enabled after dpkg --purge"
+done
 check_daemon_json "after dpkg --purge"
 
 echo "== packaging test passed in $((SECONDS - started)) s"
