@@ -631,7 +631,8 @@ fn sorted_words(text: &str) -> Vec<String> {
 }
 
 /// Two GPUs, MIG devices gi1/ci0 + gi2/ci0 on GPU 0 and gi1/ci0 on GPU 1,
-/// two IMEX channels; the runtime in CDI mode reading `<tmp>/cdi`.
+/// two IMEX channels, graphics files; the runtime in CDI mode reading
+/// `<tmp>/cdi`.
 fn mig_world(name: &str) -> (World, PathBuf) {
     let world = World::build(
         name,
@@ -641,7 +642,8 @@ fn mig_world(name: &str) -> (World, PathBuf) {
                 FakeMig::new(0, 2, 0),
                 FakeMig::new(1, 1, 0),
             ])
-            .with_imex_channels(2),
+            .with_imex_channels(2)
+            .with_graphics(),
         "",
         "mode = \"cdi\"",
     );
@@ -677,6 +679,17 @@ fn generated_mig_imex_and_management_devices_run() {
                 output.to_str().unwrap(),
             ])
             .assert_success(&format!("generate --mode {mode}"));
+    }
+
+    // The graphics parts every device shares: the X server's modules, and
+    // the GBM backend link our hook creates.
+    let text = fs::read_to_string(&gpu_spec).unwrap();
+    for part in [
+        "/usr/lib/xorg/modules/drivers/nvidia_drv.so",
+        "libnvidia-egl-wayland.so.1.1.13",
+        "../libnvidia-allocator.so.1::/usr/lib/x86_64-linux-gnu/gbm/nvidia-drm_gbm.so",
+    ] {
+        assert!(text.contains(part), "{part} in the spec:\n{text}");
     }
 
     // The names: GPUs, then each GPU's MIG devices by `<gpu>:<mig>` and UUID.

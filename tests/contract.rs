@@ -192,7 +192,11 @@ fn drm_nodes_only_of_the_selected_gpu_and_graphics_files() {
     let bundle = world.shell_bundle(
         "drm",
         RootfsKind::Busybox,
-        "ls /dev/dri; echo ---; ls /dev; echo ---; cat /usr/share/glvnd/egl_vendor.d/10_nvidia.json; ls /usr/lib64",
+        "ls /dev/dri; echo ---; ls /dev; echo ---; cat /usr/share/glvnd/egl_vendor.d/10_nvidia.json; ls /usr/lib64; \
+         echo ---; cd /dev/dri/by-path && for l in *; do echo \"$l $(readlink $l)\"; done; \
+         echo ---; readlink /usr/lib64/gbm/nvidia-drm_gbm.so; cat /usr/lib64/gbm/nvidia-drm_gbm.so >/dev/null && echo gbm-resolves; \
+         echo ---; cd /usr/lib/xorg/modules && ls drivers extensions; readlink extensions/libglxserver_nvidia.so; \
+         ls /usr/share/X11/xorg.conf.d",
         &["NVIDIA_VISIBLE_DEVICES=1", "NVIDIA_DRIVER_CAPABILITIES=graphics,display"],
     );
     let out = world.run(&bundle);
@@ -201,7 +205,7 @@ fn drm_nodes_only_of_the_selected_gpu_and_graphics_files() {
     let card = FakeDriver::drm_card(1);
     assert_eq!(
         words(parts[0]),
-        words(&format!("card{card} renderD{}", 128 + card)),
+        words(&format!("by-path card{card} renderD{}", 128 + card)),
         "only GPU 1's DRM nodes, not GPU 0's nor the BMC's card0"
     );
     assert!(
@@ -217,6 +221,39 @@ fn drm_nodes_only_of_the_selected_gpu_and_graphics_files() {
     );
     // Compute was not asked for.
     assert!(!parts[2].contains("libcuda"), "{}", parts[2]);
+    // The EGL external platform library, versioned on its own.
+    assert!(
+        parts[2].contains("libnvidia-egl-wayland.so.1.1.13")
+            && parts[2].contains("libnvidia-egl-wayland.so.1\n"),
+        "{}",
+        parts[2]
+    );
+    // The DRM nodes' by-path links, as udev names them on the host: GPU 1's
+    // only.
+    let bus = &world.driver.gpus[1].bus_id;
+    assert_eq!(
+        parts[3],
+        format!(
+            "pci-{bus}-card ../card{card}\npci-{bus}-render ../renderD{}\n",
+            128 + card
+        ),
+        "by-path links"
+    );
+    // The GBM backend Mesa's libgbm loads for nvidia-drm.
+    assert_eq!(
+        parts[4], "../libnvidia-allocator.so.1\ngbm-resolves\n",
+        "gbm backend link"
+    );
+    // The X server's driver module and GLX extension, and its link.
+    let version = &world.driver.version;
+    assert_eq!(
+        words(parts[5]),
+        words(&format!(
+            "drivers: nvidia_drv.so extensions: libglxserver_nvidia.so libglxserver_nvidia.so.{version} \
+             libglxserver_nvidia.so.{version} 10-nvidia.conf"
+        )),
+        "xorg modules"
+    );
 }
 
 #[test]

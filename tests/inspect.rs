@@ -65,7 +65,9 @@ impl Host {
             .args(["cdi", "generate", "--output"])
             .arg(&output)
             .arg("--config")
-            .arg(&self.world.config);
+            .arg(&self.world.config)
+            // The fake NVML lists the MIG devices of the fake GPUs.
+            .env("FAKE_NVML_DEV_ROOT", &self.world.driver.dev_root);
         command_output(command).assert_success("cdi generate");
         output
     }

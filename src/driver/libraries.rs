@@ -82,11 +82,42 @@ pub fn library_prefixes(capability: Capability) -> &'static [&'static str] {
             "libGLESv1_CM_nvidia",
             "libnvidia-glvkspirv",
             "libnvidia-cbl",
+            // The GBM backend (gbm/nvidia-drm_gbm.so links to it) and the
+            // Vulkan producer of older drivers, as NVIDIA's graphics
+            // discovery adds them.
+            "libnvidia-allocator",
+            "libnvidia-vulkan-producer",
+            // EGL external platforms, versioned on their own.
+            "libnvidia-egl-gbm",
+            "libnvidia-egl-wayland",
+            "libnvidia-egl-wayland2",
+            "libnvidia-egl-xcb",
+            "libnvidia-egl-xlib",
         ],
         Capability::Ngx => &["libnvidia-ngx"],
         // compat32 selects the i386 copies of the other capabilities' libraries.
         Capability::Compat32 => &[],
     }
+}
+
+/// Driver libraries whose file names carry their own version, not the
+/// driver's (`libnvidia-egl-wayland.so.1.1.13`): NVIDIA ships them with
+/// the driver, built from their own projects.
+const OWN_VERSION_PREFIXES: &[&str] = &[
+    "libnvidia-egl-gbm",
+    "libnvidia-egl-wayland",
+    "libnvidia-egl-wayland2",
+    "libnvidia-egl-xcb",
+    "libnvidia-egl-xlib",
+];
+
+/// Whether a real file is of this driver: its name ends in the driver
+/// version, or it is one of [`OWN_VERSION_PREFIXES`] with any version.
+fn is_driver_file(path: &Path, soname: &str, version: &str) -> bool {
+    file_has_version(path, version)
+        || OWN_VERSION_PREFIXES
+            .iter()
+            .any(|prefix| library_matches(soname, prefix))
 }
 
 /// The binaries per capability (contract.md §3).
@@ -171,11 +202,33 @@ pub const GRAPHICS_FILES: &[&str] = &[
     "/etc/vulkan/icd.d/nvidia_icd.json",
     "/usr/share/vulkan/implicit_layer.d/nvidia_layers.json",
     "/etc/vulkan/implicit_layer.d/nvidia_layers.json",
+    "/usr/share/egl/egl_external_platform.d/09_nvidia_wayland2.json",
     "/usr/share/egl/egl_external_platform.d/10_nvidia_wayland.json",
     "/usr/share/egl/egl_external_platform.d/15_nvidia_gbm.json",
     "/usr/share/egl/egl_external_platform.d/20_nvidia_xcb.json",
     "/usr/share/egl/egl_external_platform.d/20_nvidia_xlib.json",
+    "/usr/share/vulkan/icd.d/nvidia_icd.x86_64.json",
+    "/etc/vulkan/icd.d/nvidia_icd.x86_64.json",
+    "/usr/share/vulkan/icd.d/nvidia_layers.json",
+    "/etc/vulkan/icd.d/nvidia_layers.json",
     "/etc/OpenCL/vendors/nvidia.icd",
+    // OptiX's shader cache seed, and the X server's config snippets (an X
+    // server in the container finds the NVIDIA driver module by them).
+    "/usr/share/nvidia/nvoptix.bin",
+    "/usr/share/X11/xorg.conf.d/10-nvidia.conf",
+    "/usr/share/X11/xorg.conf.d/nvidia-drm-outputclass.conf",
+];
+
+/// Where distributions and NVIDIA's installer put the X server's driver
+/// module (`nvidia_drv.so`) and GLX extension (`libglxserver_nvidia.so.<v>`).
+const XORG_MODULE_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/nvidia/xorg",
+    "/usr/lib/xorg/modules/drivers",
+    "/usr/lib/xorg/modules/extensions",
+    "/usr/lib/xorg/modules/updates/drivers",
+    "/usr/lib/xorg/modules/updates/extensions",
+    "/usr/lib64/xorg/modules/drivers",
+    "/usr/lib64/xorg/modules/extensions",
 ];
 
 impl Driver {
@@ -274,7 +327,7 @@ impl Driver {
             if arch == LibraryArch::X86_64 {
                 self.check_version(&entry.key, &real)?;
             }
-            if file_has_version(&real, &self.version) {
+            if is_driver_file(&real, &entry.key, &self.version) {
                 libraries.push(Library {
                     soname: entry.key.clone(),
                     host_path: real,
@@ -335,6 +388,7 @@ impl Driver {
                 .filter(|name| {
                     name.strip_suffix(&suffix)
                         .is_some_and(|base| all_prefixes.contains(&base))
+                        || own_version_file(name)
                 })
                 .collect();
             names.sort();
@@ -489,6 +543,61 @@ impl Driver {
     }
 }
 
+/// `libnvidia-egl-wayland.so.1.1.13`: a real file (three version parts)
+/// of one of [`OWN_VERSION_PREFIXES`], not its SONAME link.
+fn own_version_file(name: &str) -> bool {
+    OWN_VERSION_PREFIXES.iter().any(|prefix| {
+        name.strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix(".so."))
+            .is_some_and(|version| {
+                version.split('.').count() >= 3
+                    && version
+                        .split('.')
+                        .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            })
+    })
+}
+
+/// The X server's NVIDIA modules, mounted at their own path, and the
+/// `libglxserver_nvidia.so -> libglxserver_nvidia.so.<version>` link the
+/// X server loads it by (`(target, link)`), as NVIDIA's installer makes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XorgModules {
+    pub files: Vec<HostFile>,
+    pub links: Vec<(PathBuf, PathBuf)>,
+}
+
+impl Driver {
+    /// [`XorgModules`] found under the driver root.
+    pub fn xorg_modules(&self) -> XorgModules {
+        let glx_server = format!("libglxserver_nvidia.so.{}", self.version);
+        let mut modules = XorgModules::default();
+        for dir in XORG_MODULE_DIRS {
+            for name in ["nvidia_drv.so", glx_server.as_str()] {
+                let container_path = Path::new(dir).join(name);
+                let Ok(host_path) = confined::resolve(&self.roots.driver_root, &container_path)
+                else {
+                    continue;
+                };
+                if !host_path.is_file() {
+                    continue;
+                }
+                if name == glx_server {
+                    modules.links.push((
+                        PathBuf::from(name),
+                        Path::new(dir).join("libglxserver_nvidia.so"),
+                    ));
+                }
+                modules.files.push(HostFile {
+                    host_path,
+                    container_path,
+                });
+            }
+        }
+        modules
+    }
+}
+
 fn file_has_version(path: &Path, version: &str) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
@@ -499,6 +608,26 @@ fn file_has_version(path: &Path, version: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libraries_versioned_on_their_own() {
+        assert!(own_version_file("libnvidia-egl-wayland.so.1.1.13"));
+        assert!(own_version_file("libnvidia-egl-gbm.so.1.1.2"));
+        // The SONAME link, another library, a non-number.
+        assert!(!own_version_file("libnvidia-egl-wayland.so.1"));
+        assert!(!own_version_file("libnvidia-egl-waylandx.so.1.1.13"));
+        assert!(!own_version_file("libnvidia-egl-wayland.so.1.1.x"));
+        assert!(is_driver_file(
+            Path::new("/x/libnvidia-egl-wayland.so.1.1.13"),
+            "libnvidia-egl-wayland.so.1",
+            "550.54.15"
+        ));
+        assert!(!is_driver_file(
+            Path::new("/x/libnvidia-glcore.so.535.00.00"),
+            "libnvidia-glcore.so.535.00.00",
+            "550.54.15"
+        ));
+    }
 
     #[test]
     fn library_prefix_matching() {

@@ -32,7 +32,7 @@ pub mod libraries;
 pub mod nodes;
 
 pub use facts::{HostFacts, MigInfo, MigLookup};
-pub use libraries::{HostFile, Library, LibraryArch};
+pub use libraries::{HostFile, Library, LibraryArch, XorgModules};
 pub use nodes::{
     mig_capability_proc_file, parse_mig_minors, DeviceNode, MigDevice, FULL_ACCESS,
     IMEX_CHANNEL_DIR,

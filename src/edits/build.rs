@@ -1,7 +1,7 @@
 //! [`ContainerEdits::for_request`]: the device nodes, mounts and hook of
 //! one GPU container, per capability (contract.md §3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::driver::{DeviceNode, Driver, DriverError, Library, LibraryArch, IMEX_CHANNEL_DIR};
 use crate::request::{Capability, ImexChannels, Request};
@@ -107,13 +107,25 @@ impl ContainerEdits {
         // Libraries: each real file at its own name and at its SONAME, so it
         // resolves through the loader's default path even in an image without
         // ldconfig; libcuda also as libcuda.so, which programs dlopen.
+        let graphics = capabilities.contains(Capability::Graphics)
+            || capabilities.contains(Capability::Display);
         let mut cache_entries = Vec::new();
+        // Symlinks our hook creates in the rootfs.
+        let mut links = Vec::new();
         for library in driver.libraries(capabilities)? {
             cache_entries.push((
                 library.soname.clone(),
                 rootfs_dirs.lib64.join(&library.soname),
             ));
             edits.add_library(&library, &rootfs_dirs.lib64);
+            // Mesa's libgbm loads a driver's GBM backend from
+            // <libdir>/gbm/<drm driver>_gbm.so; NVIDIA's is the allocator.
+            if graphics && library.soname == "libnvidia-allocator.so.1" {
+                links.push((
+                    PathBuf::from("../libnvidia-allocator.so.1"),
+                    rootfs_dirs.lib64.join("gbm/nvidia-drm_gbm.so"),
+                ));
+            }
         }
         if capabilities.contains(Capability::Compat32) {
             for library in driver.libraries_for(capabilities, LibraryArch::I386)? {
@@ -134,15 +146,16 @@ impl ContainerEdits {
                 FILE_MOUNT_OPTIONS,
             ));
         }
-        if capabilities.contains(Capability::Graphics) || capabilities.contains(Capability::Display)
-        {
-            for file in driver.graphics_files() {
+        if graphics {
+            let xorg = driver.xorg_modules();
+            for file in driver.graphics_files().iter().chain(&xorg.files) {
                 edits.mounts.push(mount(
                     &file.host_path,
                     &file.container_path,
                     FILE_MOUNT_OPTIONS,
                 ));
             }
+            links.extend(xorg.links);
         }
         for ipc in driver.ipc(capabilities) {
             edits.mounts.push(mount(
@@ -158,6 +171,7 @@ impl ContainerEdits {
                 &cache_entries,
                 &proc_dirs,
                 &proc_files,
+                &links,
             ));
         }
         Ok(edits)

@@ -27,12 +27,14 @@ pub struct HookSettings {
 
 /// Our prestart hook entry for a container: it writes the container's
 /// ld.so.cache for `libraries` (`(soname, container path)`) and masks
-/// `/proc/driver/nvidia` to the GPUs whose procfs dirs are `gpu_proc_dirs`.
+/// `/proc/driver/nvidia` to the GPUs whose procfs dirs are `gpu_proc_dirs`,
+/// and creates the symlinks `links` (`(target, link)`) in the rootfs.
 pub fn prestart_hook(
     settings: &HookSettings,
     libraries: &[(String, PathBuf)],
     gpu_proc_dirs: &[&str],
     proc_files: &[String],
+    links: &[(PathBuf, PathBuf)],
 ) -> Hook {
     let mut args = vec![
         "nvidia-container-runtime-hook".to_string(),
@@ -56,6 +58,10 @@ pub fn prestart_hook(
     for file in proc_files {
         args.push("--proc-file".to_string());
         args.push(file.clone());
+    }
+    for (target, link) in links {
+        args.push("--link".to_string());
+        args.push(format!("{}::{}", target.display(), link.display()));
     }
     Hook {
         hook_name: "prestart".to_string(),

@@ -33,6 +33,9 @@ pub struct HookArgs {
     /// Further files of `/proc/driver/nvidia` the container keeps seeing
     /// through the mask, relative to it (`capabilities/gpu1/mig/gi2/access`).
     pub proc_files: Vec<PathBuf>,
+    /// `(target, absolute link path in the container)` of each symlink to
+    /// create (`--link TARGET::LINK`, as NVIDIA's `create-symlinks`).
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl HookArgs {
@@ -47,6 +50,7 @@ impl HookArgs {
             libraries: Vec::new(),
             gpus: Vec::new(),
             proc_files: Vec::new(),
+            links: Vec::new(),
         };
         let mut stage: Option<String> = None;
         let mut problem: Option<String> = None;
@@ -75,7 +79,10 @@ impl HookArgs {
                 }
                 continue;
             }
-            if !matches!(flag, "--config" | "--library" | "--gpu" | "--proc-file") {
+            if !matches!(
+                flag,
+                "--config" | "--library" | "--gpu" | "--proc-file" | "--link"
+            ) {
                 note(format!("unknown option \"{flag}\""));
                 continue;
             }
@@ -91,6 +98,10 @@ impl HookArgs {
                 "--config" => parsed.config = Some(PathBuf::from(value)),
                 "--library" => match parse_library(&value) {
                     Ok(library) => parsed.libraries.push(library),
+                    Err(text) => note(text),
+                },
+                "--link" => match parse_link(&value) {
+                    Ok(link) => parsed.links.push(link),
                     Err(text) => note(text),
                 },
                 "--proc-file" => match is_relative_below(&value) {
@@ -128,6 +139,18 @@ fn parse_library(value: &str) -> Result<(String, PathBuf), String> {
         return Err(bad());
     }
     Ok((soname.to_string(), PathBuf::from(path)))
+}
+
+/// `TARGET::LINK`: any target (a symlink may point anywhere; it is never
+/// followed by the hook), an absolute link path without `..`.
+fn parse_link(value: &str) -> Result<(PathBuf, PathBuf), String> {
+    let bad = || format!("--link \"{value}\" is not <target>::<absolute path in the container>");
+    let (target, link) = value.split_once("::").ok_or_else(bad)?;
+    let below = link.strip_prefix('/').ok_or_else(bad)?;
+    if target.is_empty() || !is_relative_below(below) {
+        return Err(bad());
+    }
+    Ok((PathBuf::from(target), PathBuf::from(link)))
 }
 
 /// A plain file name: not empty, no `/`, not `.` or `..`.
@@ -199,6 +222,10 @@ mod tests {
             )],
             &["0000:06:00.0"],
             &["capabilities/mig/config".to_string()],
+            &[(
+                "../libnvidia-allocator.so.1".into(),
+                "/usr/lib/x86_64-linux-gnu/gbm/nvidia-drm_gbm.so".into(),
+            )],
         );
         let args: Vec<OsString> = hook.args.iter().map(OsString::from).collect();
         let parsed = HookArgs::parse(&args).unwrap();
@@ -208,6 +235,13 @@ mod tests {
         assert_eq!(
             parsed.proc_files,
             [PathBuf::from("capabilities/mig/config")]
+        );
+        assert_eq!(
+            parsed.links,
+            [(
+                PathBuf::from("../libnvidia-allocator.so.1"),
+                PathBuf::from("/usr/lib/x86_64-linux-gnu/gbm/nvidia-drm_gbm.so")
+            )]
         );
     }
 
@@ -224,6 +258,10 @@ mod tests {
             &["h", "prestart", "--config"],
             &["h", "prestart", "--proc-file", "/proc/driver/nvidia/params"],
             &["h", "prestart", "--proc-file", "capabilities/../../x"],
+            &["h", "prestart", "--link", "target-only"],
+            &["h", "prestart", "--link", "x::relative/link"],
+            &["h", "prestart", "--link", "x::/usr/../../etc/passwd"],
+            &["h", "prestart", "--link", "::/dev/dri/by-path/x"],
         ] {
             let error = HookArgs::parse(&os(bad)).unwrap_err();
             assert!(matches!(error, HookError::Args { .. }), "{bad:?}: {error}");

@@ -19,6 +19,7 @@ use crate::oci::{BundleSpec, State};
 use crate::system::System;
 
 use super::cuda_compat::{self, Compat};
+use super::links::{create_parents, create_symlink, fail, relative};
 use super::proc_mask::{mask_proc_driver, mask_selection, read_masked_tree, PROC_DRIVER_NVIDIA};
 use super::rootfs::{open_rootfs, replace_file};
 use super::HookError;
@@ -200,20 +201,6 @@ fn enter(system: &dyn System, state: &State) -> Result<(BundleSpec, OwnedFd, Pat
     };
     let root = open_rootfs(system, runtime_root.as_fd(), &rootfs)?;
     Ok((spec, root, rootfs))
-}
-
-fn relative(path: &Path) -> String {
-    path.strip_prefix("/")
-        .unwrap_or(path)
-        .to_string_lossy()
-        .into_owned()
-}
-
-fn fail(action: String) -> impl FnOnce(nix::Error) -> HookError {
-    move |errno| HookError::Inject {
-        action,
-        source: errno.into(),
-    }
 }
 
 /// Runs one subcommand for the container of `state`.
@@ -414,86 +401,6 @@ fn folder_libraries(
     found.sort();
     found.dedup_by(|a, b| a.0 == b.0);
     found
-}
-
-/// Creates the missing parents of `path` (relative to the rootfs) and
-/// returns its parent dir, all confined.
-fn create_parents(
-    system: &dyn System,
-    root: BorrowedFd<'_>,
-    path: &Path,
-) -> Result<OwnedFd, HookError> {
-    let mut current = PathBuf::new();
-    let parent = path.parent().unwrap_or(Path::new(""));
-    for component in parent.components() {
-        let next = current.join(component);
-        match system.open_in_root(
-            root,
-            &next.to_string_lossy(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY,
-        ) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::ENOENT) => {
-                let dir = system
-                    .open_in_root(
-                        root,
-                        &current.to_string_lossy(),
-                        OFlag::O_PATH | OFlag::O_DIRECTORY,
-                    )
-                    .map_err(fail(format!("open /{}", current.display())))?;
-                system
-                    .make_directory(dir.as_fd(), Path::new(component.as_os_str()), 0o755)
-                    .map_err(fail(format!("create /{}", next.display())))?;
-            }
-            Err(errno) => return Err(fail(format!("resolve /{}", next.display()))(errno)),
-        }
-        current = next;
-    }
-    system
-        .open_in_root(
-            root,
-            &current.to_string_lossy(),
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
-        )
-        .map_err(fail(format!("open /{}", current.display())))
-}
-
-/// `link -> target`, created in the rootfs: the parent resolved confined,
-/// an existing symlink replaced, anything else there left alone.
-fn create_symlink(
-    system: &dyn System,
-    root: BorrowedFd<'_>,
-    target: &Path,
-    link: &Path,
-) -> Result<(), HookError> {
-    let relative_link = PathBuf::from(relative(link));
-    let dir = create_parents(system, root, &relative_link)?;
-    let name = relative_link.file_name().unwrap_or_default();
-    match nix::sys::stat::fstatat(
-        Some(dir.as_raw_fd()),
-        name,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
-        Ok(stat) if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {
-            let current = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name).ok();
-            if current.as_deref() == Some(target.as_os_str()) {
-                return Ok(());
-            }
-            system
-                .remove_file(dir.as_fd(), &name.to_string_lossy())
-                .map_err(fail(format!("replace the symlink {}", link.display())))?;
-        }
-        Ok(_) => {
-            tracing::info!(
-                "{} exists and is not a symlink; left as it is",
-                link.display()
-            );
-            return Ok(());
-        }
-        Err(_) => {}
-    }
-    nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name)
-        .map_err(fail(format!("create the symlink {}", link.display())))
 }
 
 /// chmod of `path` in the rootfs, never through a symlink.

@@ -42,6 +42,7 @@ pub mod device_filter;
 pub mod harden;
 pub mod inject;
 pub mod ld_cache;
+pub mod links;
 pub mod proc_mask;
 pub mod rootfs;
 #[cfg(test)]
@@ -189,6 +190,9 @@ pub struct Report {
     /// What the image's CUDA compat dir offered, when compute was asked
     /// for and the handling is on.
     pub cuda_compat: Option<cuda_compat::Compat>,
+    /// Symlinks that exist in the rootfs after the hook (`--link`, DRM
+    /// by-path).
+    pub links: usize,
 }
 
 /// The prestart stage, from the state on stdin on.
@@ -214,6 +218,9 @@ pub fn prestart(
     let (gpus, proc_files) =
         mask_selection(&spec.value, &proc_source, &args.gpus, &args.proc_files);
     let masked_tree = read_masked_tree(&proc_source, &gpus, &proc_files);
+    // The DRM nodes' by-path links come from the host's sysfs.
+    let mut links = args.links.clone();
+    links.extend(links::drm_links_of_spec(&spec.value, &config.sys_root()));
     // CUDA forward compatibility needs compute (libcuda is injected) and
     // the host driver's version, read here on the host.
     let compat_host_version = (config.cuda_compat_enabled()
@@ -256,6 +263,7 @@ pub fn prestart(
         report.ld_cache_entries = entries;
         report.ld_cache_note = note;
     }
+    report.links = links::create_links(system, root.as_fd(), &links)?;
     report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, false)?;
     Ok(report)
 }
@@ -355,12 +363,18 @@ fn out_of_band(
         libraries: Vec::new(),
         gpus: Vec::new(),
         proc_files: Vec::new(),
+        links: Vec::new(),
     });
     // Host side: the procfs to mask, the sources, the device rules.
     let proc_source = config.proc_root().join(PROC_DRIVER_NVIDIA);
     let (gpus, proc_files) =
         mask_selection(&spec.value, &proc_source, &ours.gpus, &ours.proc_files);
     let masked_tree = read_masked_tree(&proc_source, &gpus, &proc_files);
+    let mut links = ours.links.clone();
+    links.extend(links::drm_by_path_links(
+        edits.device_nodes.iter().map(|node| node.path.as_path()),
+        &config.sys_root(),
+    ));
     let prepared = inject::prepare(system, &container, &edits, &spec.value)?;
     // Container side.
     if let Err(errno) = system.enter_mount_namespace_of(container.pidfd.as_fd()) {
@@ -389,6 +403,7 @@ fn out_of_band(
         // goes with the container if a later step fails; the cache is the
         // last write, atomic, so nothing of the rootfs is left half-done.
         report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, true)?;
+        report.links = links::create_links(system, root.as_fd(), &links)?;
         if !ours.libraries.is_empty() {
             let (entries, note) =
                 update_ld_cache(system, root.as_fd(), &rootfs, &ours.libraries, &[])?;

@@ -68,7 +68,7 @@ fn args_for(libraries: &[(&str, &str)], gpus: &[&str]) -> HookArgs {
         .iter()
         .map(|(soname, path)| (soname.to_string(), PathBuf::from(path)))
         .collect();
-    let hook = prestart_hook(&settings, &libraries, gpus, &[]);
+    let hook = prestart_hook(&settings, &libraries, gpus, &[], &[]);
     let argv: Vec<OsString> = hook.args.iter().map(OsString::from).collect();
     HookArgs::parse(&argv).unwrap()
 }

@@ -16,15 +16,25 @@ use super::*;
 pub(crate) fn driver_artifacts(version: &str, gpus: &[FakeGpu], mig: &[FakeMig]) -> PathBuf {
     let header = gpu_header(version, gpus, mig);
     let key = content_key(&[
-        "driver", version, &header, SRC_CUDA, SRC_NVML, SRC_SMI, SRC_TOOL, SRC_LIB,
+        "driver",
+        version,
+        &header,
+        SRC_CUDA,
+        SRC_NVML,
+        SRC_SMI,
+        SRC_TOOL,
+        SRC_LIB,
+        // What is built besides the sources' own outputs.
+        &format!("{GRAPHICS_LIBS:?} {GRAPHICS_OWN_VERSION_LIBS:?} {XORG_MODULES:?}"),
     ]);
     let version = version.to_string();
     cached_build(&format!("driver-{key}"), move |out| {
         let lib = out.join("lib");
         let lib_graphics = out.join("lib-graphics");
+        let xorg = out.join("xorg");
         let bin = out.join("bin");
         let src = out.join("src");
-        for d in [&lib, &lib_graphics, &bin, &src] {
+        for d in [&lib, &lib_graphics, &xorg, &bin, &src] {
             fs::create_dir_all(d).unwrap();
         }
         fs::write(src.join("fake_gpus.h"), &header).unwrap();
@@ -63,6 +73,23 @@ pub(crate) fn driver_artifacts(version: &str, gpus: &[FakeGpu], mig: &[FakeMig])
             &lib.join(format!("libcuda.so.{STALE_DRIVER_VERSION}")),
             &["-DFAKE_CUDA_DRIVER_VERSION=12020"],
         );
+        for (file, soname) in GRAPHICS_OWN_VERSION_LIBS {
+            gcc_shared(
+                &plain,
+                soname,
+                &lib_graphics.join(file),
+                &[&format!("-DLIB_NAME=\"{soname}\"")],
+            );
+        }
+        for (_, name) in XORG_MODULES {
+            let name = name.replace("{version}", &version);
+            gcc_shared(
+                &plain,
+                &name,
+                &xorg.join(&name),
+                &[&format!("-DLIB_NAME=\"{name}\"")],
+            );
+        }
         for (name, major) in GRAPHICS_LIBS {
             let file = format!("{name}.so.{version}");
             let soname = match major {

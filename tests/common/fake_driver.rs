@@ -93,6 +93,22 @@ pub const GRAPHICS_LIBS: &[(&str, Option<&str>)] = &[
     ("libGLX_nvidia", Some("0")),
     ("libEGL_nvidia", Some("0")),
     ("libnvidia-glcore", None),
+    ("libnvidia-allocator", Some("1")),
+];
+/// Graphics libraries versioned on their own, not with the driver:
+/// (file name, SONAME).
+pub const GRAPHICS_OWN_VERSION_LIBS: &[(&str, &str)] = &[(
+    "libnvidia-egl-wayland.so.1.1.13",
+    "libnvidia-egl-wayland.so.1",
+)];
+/// The X server modules of `options.graphics`: (dir under the driver root,
+/// file name with `{version}` for the driver version).
+pub const XORG_MODULES: &[(&str, &str)] = &[
+    ("usr/lib/xorg/modules/drivers", "nvidia_drv.so"),
+    (
+        "usr/lib/xorg/modules/extensions",
+        "libglxserver_nvidia.so.{version}",
+    ),
 ];
 /// i386 copies in `LIB32_DIR` (`options.compat32`), same form as `DRIVER_LIBS`.
 pub const COMPAT32_LIBS: &[(&str, Option<&str>)] =
@@ -116,6 +132,10 @@ pub const GRAPHICS_FILES: &[(&str, &str)] = &[
         "{\n    \"file_format_version\" : \"1.0.0\",\n    \"ICD\" : {\n        \"library_path\" : \"libnvidia-egl-gbm.so.1\"\n    }\n}\n",
     ),
     ("etc/OpenCL/vendors/nvidia.icd", "libnvidia-opencl.so.1\n"),
+    (
+        "usr/share/X11/xorg.conf.d/10-nvidia.conf",
+        "Section \"OutputClass\"\n    Identifier \"nvidia\"\n    MatchDriver \"nvidia-drm\"\n    Driver \"nvidia\"\n    ModulePath \"/usr/lib/x86_64-linux-gnu/nvidia/xorg\"\nEndSection\n",
+    ),
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -554,6 +574,13 @@ impl FakeDriver {
             }
         }
         if options.graphics {
+            for (dir, name) in XORG_MODULES {
+                let name = name.replace("{version}", &self.version);
+                let dest = root.join(dir);
+                fs::create_dir_all(&dest).expect("create xorg module dir");
+                fs::copy(artifacts.join("xorg").join(&name), dest.join(&name))
+                    .expect("copy xorg module");
+            }
             for (path, content) in GRAPHICS_FILES {
                 let path = root.join(path);
                 fs::create_dir_all(path.parent().unwrap()).expect("create graphics file dir");
