@@ -230,17 +230,6 @@ fn generate_is_golden_deterministic_and_parses() {
 // podman reads our spec
 // ---------------------------------------------------------------------------
 
-/// Podman 4.3 (Debian 12) has neither `--cdi-spec-dir` nor containers.conf
-/// `cdi_spec_dirs`: the spec goes to /var/run/cdi under a unique name and
-/// is removed afterwards (also when the test fails).
-struct SpecFileGuard(PathBuf);
-
-impl Drop for SpecFileGuard {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 #[test]
 fn podman_runs_a_container_with_the_generated_spec() {
     if !require_root() {
@@ -259,32 +248,20 @@ fn podman_runs_a_container_with_the_generated_spec() {
         "",
         "",
     );
-    let dir = world.dir();
-    // A host with a real nvidia.com/gpu spec would conflict with ours in the
-    // same dir: use another vendor there (the device is still GPU 1).
-    let system = Registry::load(&[PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]);
-    let vendor = if system
-        .device_names()
-        .iter()
-        .any(|n| n.starts_with("nvidia.com/gpu="))
-    {
-        "ncr-test.nvidia.com"
-    } else {
-        "nvidia.com"
-    };
-    let spec_path = PathBuf::from(format!("/var/run/cdi/ncr-test-{}.yaml", unique_id("spec")));
-    let _guard = SpecFileGuard(spec_path.clone());
-    let out = world.ctk(&[
-        "cdi",
-        "generate",
-        "--vendor",
-        vendor,
-        "--output",
-        spec_path.to_str().unwrap(),
-    ]);
-    out.assert_success("nvidia-ctk cdi generate --output /var/run/cdi/...");
-    let imex_spec_path = PathBuf::from(format!("/var/run/cdi/ncr-test-{}.yaml", unique_id("imex")));
-    let _imex_guard = SpecFileGuard(imex_spec_path.clone());
+    // The device is GPU 1 whichever vendor the spec has.
+    let vendor = system_spec_vendor();
+    let spec = SystemSpecFile::new("spec");
+    let imex_spec = SystemSpecFile::new("imex");
+    world
+        .ctk(&[
+            "cdi",
+            "generate",
+            "--vendor",
+            vendor,
+            "--output",
+            spec.path(),
+        ])
+        .assert_success("nvidia-ctk cdi generate --output /var/run/cdi/...");
     world
         .ctk(&[
             "cdi",
@@ -294,61 +271,27 @@ fn podman_runs_a_container_with_the_generated_spec() {
             "--vendor",
             vendor,
             "--output",
-            imex_spec_path.to_str().unwrap(),
+            imex_spec.path(),
         ])
         .assert_success("nvidia-ctk cdi generate --mode imex");
     let device = format!("{vendor}/gpu=1");
 
-    let containers_conf = dir.join("containers.conf");
-    fs::write(
-        &containers_conf,
-        "[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n",
-    )
-    .unwrap();
-    let podman = |args: &[&str]| {
-        let mut cmd = podman_command(dir, &containers_conf);
-        cmd.args(args).stdin(Stdio::null());
-        cmd
-    };
-    let _reset = PodmanReset(&podman);
-    let rootfs = build_rootfs(&dir.join("image"), RootfsKind::Glibc { ldconfig: false });
-    let tar = dir.join("image/rootfs.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&rootfs)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = output_with_timeout(
-        podman(&["import", tar.to_str().unwrap(), "localhost/ncr-cdi:latest"]),
-        std::time::Duration::from_secs(120),
-    )
-    .expect("podman import timed out");
-    out.assert_success("podman import");
-    // PODMAN_RUN's ulimits; runc, not podman's default crun: crun refuses this VM's hybrid
-    // cgroup layout.
-    let out = output_with_timeout(
-        podman(
-            &[
-                &PODMAN_RUN[..],
-                &[
-                    "--runtime=runc",
-                    "--device",
-                    &device,
-                    "localhost/ncr-cdi:latest",
-                    "sh",
-                    "-c",
-                    &format!("{PODMAN_HOOK_CHECK}; {GPU_SCRIPT}"),
-                ],
-            ]
-            .concat(),
-        ),
-        std::time::Duration::from_secs(120),
-    )
-    .expect("podman run timed out");
+    let podman = Podman::new(world.dir());
+    podman.import(
+        RootfsKind::Glibc { ldconfig: false },
+        "localhost/ncr-cdi:latest",
+    );
+    // runc, not podman's default crun: crun refuses this VM's hybrid cgroup
+    // layout.
+    let out = podman.run(&[
+        "--runtime=runc",
+        "--device",
+        &device,
+        "localhost/ncr-cdi:latest",
+        "sh",
+        "-c",
+        &format!("{PODMAN_HOOK_CHECK}; {GPU_SCRIPT}"),
+    ]);
     out.assert_success(&format!("podman run --device {device}"));
     world.assert_sees_only(&out.stdout, 1, &format!("podman run --device {device}"));
     assert!(
@@ -360,27 +303,17 @@ fn podman_runs_a_container_with_the_generated_spec() {
     // A MIG device (GPU 0's second, by index) and an IMEX channel.
     let mig = format!("{vendor}/gpu=0:1");
     let channel = format!("{vendor}/imex-channel=1");
-    let out = output_with_timeout(
-        podman(
-            &[
-                &PODMAN_RUN[..],
-                &[
-                    "--runtime=runc",
-                    "--device",
-                    &mig,
-                    "--device",
-                    &channel,
-                    "localhost/ncr-cdi:latest",
-                    "sh",
-                    "-c",
-                    "ls /dev; echo ---; ls /dev/nvidia-caps /dev/nvidia-caps-imex-channels",
-                ],
-            ]
-            .concat(),
-        ),
-        std::time::Duration::from_secs(120),
-    )
-    .expect("podman run timed out");
+    let out = podman.run(&[
+        "--runtime=runc",
+        "--device",
+        &mig,
+        "--device",
+        &channel,
+        "localhost/ncr-cdi:latest",
+        "sh",
+        "-c",
+        "ls /dev; echo ---; ls /dev/nvidia-caps /dev/nvidia-caps-imex-channels",
+    ]);
     out.assert_success(&format!("podman run --device {mig} --device {channel}"));
     let (dev, caps) = out.stdout.split_once("---\n").unwrap();
     let gpu0 = &world.driver.gpus[0];

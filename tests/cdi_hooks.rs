@@ -23,8 +23,9 @@ fn world(name: &str) -> World {
     world
 }
 
-/// A spec as NVIDIA's tools write it, with `hooks` as given.
-fn nvidia_spec(world: &World, hooks: serde_json::Value) -> String {
+/// A spec of `vendor`'s `gpu` class as NVIDIA's tools write it, with
+/// `hooks` as given.
+fn nvidia_spec(world: &World, vendor: &str, hooks: serde_json::Value) -> String {
     let driver = &world.driver;
     let lib = |name: &str| driver.lib_path(name);
     let container_lib =
@@ -35,7 +36,7 @@ fn nvidia_spec(world: &World, hooks: serde_json::Value) -> String {
     let minor = driver.gpus[0].minor;
     let spec = json!({
         "cdiVersion": "0.5.0",
-        "kind": "nvidia.com/gpu",
+        "kind": format!("{vendor}/gpu"),
         "devices": [{"name": "0", "containerEdits": {"deviceNodes": [node(&format!("nvidia{minor}"))]}}],
         "containerEdits": {
             "env": ["NVIDIA_VISIBLE_DEVICES=void"],
@@ -68,7 +69,7 @@ fn hook(path: &str, args: &[&str]) -> serde_json::Value {
 fn spec_and_bundle(world: &World, hooks: serde_json::Value, name: &str, args: &[&str]) -> Bundle {
     fs::write(
         world.tmp.path().join("cdi/nvidia.json"),
-        nvidia_spec(world, hooks),
+        nvidia_spec(world, "nvidia.com", hooks),
     )
     .unwrap();
     world.bundle(
@@ -89,13 +90,10 @@ fn run(world: &World, bundle: &Bundle) -> RunOutput {
     )
 }
 
-#[test]
-fn a_spec_as_nvidias_tools_write_it_runs_with_our_hooks() {
-    if !require_root() {
-        return;
-    }
-    let world = world("cdi-hooks");
-    let hooks = json!([
+/// Every subcommand, as NVIDIA's generated specs call them (the chmod
+/// through `nvidia-ctk hook`).
+fn every_subcommand() -> serde_json::Value {
+    json!([
         cdi_hook(&[
             "create-symlinks",
             "--link",
@@ -124,20 +122,68 @@ fn a_spec_as_nvidias_tools_write_it_runs_with_our_hooks() {
             ]
         ),
         cdi_hook(&["disable-device-node-modification"]),
-    ]);
+    ])
+}
+
+/// What a container of [`every_subcommand`]'s spec shows: the links, the
+/// cache's mode and entry, and GPU 0 in nvidia-smi.
+const SUBCOMMANDS_SCRIPT: &str = "readlink /usr/lib/x86_64-linux-gnu/libcuda.so; readlink /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1; ls -l /etc/ld.so.cache | cut -c1-10; ldconfig -p | grep -c 'libnvidia-ml.so.1 '; nvidia-smi -L";
+
+fn subcommands_output(world: &World) -> String {
+    format!(
+        "libcuda.so.{DRIVER_VERSION}\nlibnvidia-ml.so.{DRIVER_VERSION}\n-rw-------\n1\n{}",
+        world.driver.smi_output(&[0])
+    )
+}
+
+#[test]
+fn a_spec_as_nvidias_tools_write_it_runs_with_our_hooks() {
+    if !require_root() {
+        return;
+    }
+    let world = world("cdi-hooks");
     let bundle = spec_and_bundle(
         &world,
-        hooks,
+        every_subcommand(),
         "nvidia-spec",
-        &["sh", "-c", "readlink /usr/lib/x86_64-linux-gnu/libcuda.so; readlink /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1; ls -l /etc/ld.so.cache | cut -c1-10; ldconfig -p | grep -c 'libnvidia-ml.so.1 '; nvidia-smi -L"],
+        &["sh", "-c", SUBCOMMANDS_SCRIPT],
     );
     let out = run(&world, &bundle);
     out.assert_success("a container from NVIDIA's spec shape");
-    let expected = format!(
-        "libcuda.so.{DRIVER_VERSION}\nlibnvidia-ml.so.{DRIVER_VERSION}\n-rw-------\n1\n{}",
-        world.driver.smi_output(&[0])
+    assert_eq!(out.stdout, subcommands_output(&world), "{out:?}");
+}
+
+/// The same spec applied by podman itself (its CDI library, plain runc):
+/// our hooks, under NVIDIA's names, do the rest.
+#[test]
+fn podman_runs_nvidias_spec_shape_with_our_hooks() {
+    if !require_root() {
+        return;
+    }
+    let Some(_) = require_tool("podman") else {
+        return;
+    };
+    let world = world("cdi-hooks-podman");
+    let vendor = system_spec_vendor();
+    let spec = SystemSpecFile::new("nvidia-shape");
+    fs::write(&spec.0, nvidia_spec(&world, vendor, every_subcommand())).unwrap();
+    let podman = Podman::new(world.tmp.path());
+    podman.import(
+        RootfsKind::Glibc { ldconfig: true },
+        "localhost/ncr-cdi-hooks:latest",
     );
-    assert_eq!(out.stdout, expected, "{out:?}");
+    let device = format!("{vendor}/gpu=0");
+    let out = podman.run(&[
+        "--runtime=runc",
+        "--device",
+        &device,
+        "localhost/ncr-cdi-hooks:latest",
+        "sh",
+        "-c",
+        SUBCOMMANDS_SCRIPT,
+    ]);
+    out.assert_success(&format!("podman run --device {device}"));
+    assert_eq!(out.stdout, subcommands_output(&world), "{out:?}");
 }
 
 #[test]

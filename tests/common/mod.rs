@@ -11,6 +11,7 @@
 mod artifacts;
 mod bundle;
 mod fake_driver;
+mod podman;
 mod procfs;
 mod rootfs;
 mod run;
@@ -18,7 +19,9 @@ mod world;
 
 // Each test file uses its share of these; `use common::*` gives it all.
 #[allow(unused_imports)]
-pub use {artifacts::*, bundle::*, fake_driver::*, procfs::*, rootfs::*, run::*, world::*};
+pub use {
+    artifacts::*, bundle::*, fake_driver::*, podman::*, procfs::*, rootfs::*, run::*, world::*,
+};
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
