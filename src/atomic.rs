@@ -4,8 +4,9 @@
 //! `config.json` (runc reads it next), engine configs (`nvidia-ctk runtime
 //! configure`; a torn daemon.json stops dockerd from starting) and CDI specs
 //! (engines rescan their spec dirs at any time). The data goes to a temp
-//! file in the same directory, is fsynced, and is renamed over the target;
-//! rename(2) within one filesystem is atomic.
+//! file in the same directory and is renamed over the target; rename(2)
+//! within one filesystem is atomic. Files that must survive a crash of the
+//! machine are also fsynced ([`Durability`]).
 
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -19,9 +20,23 @@ pub struct Options {
     pub mode: u32,
     /// `(uid, gid)` to give the new file, to keep the previous owner.
     pub owner: Option<(u32, u32)>,
-    /// Also fsync the directory after the rename, so that the rename itself
-    /// survives a crash (for files that must outlive one, unlike a bundle).
-    pub sync_dir: bool,
+    pub durability: Durability,
+}
+
+/// What a replaced file must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Readers and a killed writer: every reader sees the old file or the
+    /// new one, never half. No fsync, so a crash of the machine may leave
+    /// either. For files that do not outlive such a crash: a bundle's
+    /// `config.json` (engines create bundles anew for every task) and state
+    /// under `/run`. On a busy disk an fsync costs tens of ms on every
+    /// container start (issue 18, BENCHMARKS.md).
+    Readers,
+    /// Also a crash of the machine: the data is fsynced before the rename
+    /// (else ext4 and xfs may persist the rename first, leaving the name on
+    /// an empty file) and the directory after it. Engine configs, CDI specs.
+    Crash,
 }
 
 /// The temp file's name: hidden, and ending in `.tmp` so that a scanner of
@@ -59,12 +74,13 @@ fn write_then_rename(temp: &Path, path: &Path, bytes: &[u8], options: &Options) 
         std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
     }
     file.write_all(bytes)?;
-    // Data before the rename: otherwise ext4 and xfs may persist the rename
-    // first, and a crash leaves the name pointing at an empty file.
-    file.sync_all()?;
+    if options.durability == Durability::Crash {
+        // Data before the rename (see Durability::Crash).
+        file.sync_all()?;
+    }
     drop(file);
     std::fs::rename(temp, path)?;
-    if options.sync_dir {
+    if options.durability == Durability::Crash {
         if let Some(dir) = temp.parent() {
             std::fs::File::open(dir)?.sync_all()?;
         }
@@ -89,7 +105,7 @@ mod tests {
         let options = Options {
             mode: 0o640,
             owner: None,
-            sync_dir: true,
+            durability: Durability::Crash,
         };
         write(&path, b"new", &options).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");

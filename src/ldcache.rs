@@ -378,6 +378,48 @@ impl LdCache {
         out
     }
 
+    /// [`LdCache::add_or_replace`] for every entry of `new`, in one pass
+    /// over the cache: linear in the cache's size plus `new`'s, where a
+    /// call per entry is their product (an image's cache has thousands of
+    /// entries, a GPU container adds dozens; this runs on every start).
+    /// Two entries of `new` with the same key and flags: the last wins.
+    pub fn add_or_replace_all(&mut self, new: Vec<CacheEntry>) {
+        let mut replacements: HashMap<(i32, String), Option<CacheEntry>> =
+            HashMap::with_capacity(new.len());
+        let mut order = Vec::with_capacity(new.len());
+        for entry in new {
+            let key = (entry.flags, entry.key.clone());
+            if replacements.insert(key.clone(), Some(entry)).is_none() {
+                order.push(key);
+            }
+        }
+        let mut placed: HashSet<(i32, String)> = HashSet::with_capacity(order.len());
+        let old = std::mem::take(&mut self.entries);
+        self.entries.reserve(old.len() + order.len());
+        for entry in old {
+            let key = (entry.flags, entry.key.clone());
+            match replacements.get_mut(&key) {
+                // The first entry of a replaced name takes the new one's
+                // place; later ones (hwcap variants, other dirs) go.
+                Some(slot) => {
+                    if let Some(replacement) = slot.take() {
+                        self.entries.push(replacement);
+                        placed.insert(key);
+                    }
+                }
+                None => self.entries.push(entry),
+            }
+        }
+        for key in order {
+            if placed.contains(&key) {
+                continue;
+            }
+            if let Some(Some(entry)) = replacements.remove(&key) {
+                self.entries.push(entry);
+            }
+        }
+    }
+
     /// Adds `entry`, or replaces the entry with the same key and flags.
     ///
     /// The first such entry takes all of `entry`'s fields and any further
@@ -1033,6 +1075,51 @@ mod tests {
         // Written in ldconfig order: the x86-64 libcuda before the i386 one.
         let pos = |e: &CacheEntry| lines.iter().position(|l| *l == listing_line(e));
         assert!(pos(&added[0]) < pos(&added[2]));
+    }
+
+    #[test]
+    fn add_or_replace_all_is_add_or_replace_per_entry() {
+        // Deterministic pseudo-random caches: keys from a small set, so that
+        // replacements, duplicates, hwcap variants and both ABIs all occur.
+        let state = std::cell::Cell::new(0x9e37_79b9_7f4a_7c15_u64);
+        let next = |n: u64| {
+            let mut x = state.get();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            state.set(x);
+            x % n
+        };
+        for round in 0..200 {
+            let random_entry = |dir: &str| CacheEntry {
+                flags: if next(4) == 0 {
+                    FLAGS_I386_LIBC6
+                } else {
+                    FLAGS_X86_64_LIBC6
+                },
+                hwcap: if next(5) == 0 { 2 } else { 0 },
+                ..entry(
+                    &format!("lib{}.so.1", next(12)),
+                    &format!("/{dir}/{}", next(1000)),
+                )
+            };
+            let image: Vec<CacheEntry> = (0..next(40)).map(|_| random_entry("image")).collect();
+            let added: Vec<CacheEntry> = (0..next(15))
+                .map(|_| CacheEntry {
+                    hwcap: 0,
+                    ..random_entry("driver")
+                })
+                .collect();
+            let mut one_by_one = LdCache {
+                entries: image.clone(),
+            };
+            for e in &added {
+                one_by_one.add_or_replace(e.clone());
+            }
+            let mut batch = LdCache { entries: image };
+            batch.add_or_replace_all(added);
+            assert_eq!(batch.entries, one_by_one.entries, "round {round}");
+        }
     }
 
     #[test]

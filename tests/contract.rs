@@ -405,3 +405,108 @@ fn trust_setting_both_ways() {
     out.assert_success("default");
     assert!(words(&out.stdout).contains(&format!("nvidia{}", lenient.driver.gpus[0].minor)));
 }
+
+/// What a container shows of its driver libraries: the SONAME and dev
+/// links, what dlopen("libcuda.so.1") finds, and how many mounts name the
+/// library files.
+const LIBRARY_SCRIPT: &str = "cd /usr/lib/x86_64-linux-gnu; \
+    for l in libcuda.so.1 libcuda.so libnvidia-ml.so.1 libGLX_indirect.so.0; do \
+      if [ -L $l ]; then echo \"$l -> $(readlink $l)\"; elif [ -f $l ]; then echo \"$l file\"; else echo \"$l none\"; fi; \
+    done; echo ---; cuda-version; echo ---; \
+    grep -c ' /usr/lib/x86_64-linux-gnu/libcuda' /proc/self/mountinfo; \
+    grep -c ' /usr/lib/x86_64-linux-gnu/lib' /proc/self/mountinfo";
+
+#[test]
+fn each_library_is_mounted_once_and_linked_by_the_hook() {
+    if !require_root() {
+        return;
+    }
+    let world = World::new("contract-links", "");
+    let libdir = "/usr/lib/x86_64-linux-gnu";
+    let cuda_file = format!("libcuda.so.{DRIVER_VERSION}");
+    let run = |name: &str, prepare: &dyn Fn(&Bundle)| {
+        let bundle = world.shell_bundle(
+            name,
+            RootfsKind::Glibc { ldconfig: false },
+            LIBRARY_SCRIPT,
+            &["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=all"],
+        );
+        prepare(&bundle);
+        let out = world.run(&bundle);
+        out.assert_success(name);
+        let parts: Vec<String> = out.stdout.split("---\n").map(str::to_string).collect();
+        assert_eq!(parts.len(), 3, "{name}: {}", out.stdout);
+        (bundle, parts)
+    };
+    // The x86-64 files of the fake driver (graphics included).
+    let libraries = DRIVER_LIBS.len() + GRAPHICS_LIBS.len() + GRAPHICS_OWN_VERSION_LIBS.len();
+
+    // A plain image: the links made, each file mounted once.
+    let (_, parts) = run("plain", &|_| {});
+    assert_eq!(
+        parts[0],
+        format!(
+            "libcuda.so.1 -> {cuda_file}\nlibcuda.so -> libcuda.so.1\n\
+             libnvidia-ml.so.1 -> libnvidia-ml.so.{DRIVER_VERSION}\n\
+             libGLX_indirect.so.0 -> libGLX_nvidia.so.0\n"
+        ),
+        "plain image"
+    );
+    // The loader takes the cache's entry: our file, by its own name.
+    assert_eq!(
+        parts[1],
+        format!("{libdir}/{cuda_file}: {CUDA_DRIVER_VERSION}\n"),
+        "plain image: dlopen"
+    );
+    assert_eq!(
+        parts[2],
+        format!("1\n{libraries}\n"),
+        "one mount per library file"
+    );
+
+    // An image with its own files and links there: a regular libcuda.so.1
+    // (a stub) stays, and the cache sends the loader to our file; a link to
+    // another driver's libcuda is replaced; a link of the image's to
+    // something else stays (the cache still finds ours).
+    let (bundle, parts) = run("image-files", &|bundle: &Bundle| {
+        let dir = bundle.rootfs.join(libdir.trim_start_matches('/'));
+        fs::copy(dir.join("libimage.so.1.0.0"), dir.join("libcuda.so.1")).unwrap();
+        std::os::unix::fs::symlink("libcuda.so.535.104.05", dir.join("libcuda.so")).unwrap();
+        std::os::unix::fs::symlink("libimage.so.1", dir.join("libnvidia-ml.so.1")).unwrap();
+    });
+    assert_eq!(
+        parts[0],
+        "libcuda.so.1 file\nlibcuda.so -> libcuda.so.1\n\
+         libnvidia-ml.so.1 -> libimage.so.1\nlibGLX_indirect.so.0 -> libGLX_nvidia.so.0\n",
+        "an image with its own files"
+    );
+    assert_eq!(
+        parts[1],
+        format!("{libdir}/{cuda_file}: {CUDA_DRIVER_VERSION}\n"),
+        "dlopen finds our libcuda through the cache, not the image's stub"
+    );
+    let stub = fs::read(bundle.rootfs.join("usr/lib/x86_64-linux-gnu/libcuda.so.1")).unwrap();
+    let image_lib = fs::read(
+        bundle
+            .rootfs
+            .join("usr/lib/x86_64-linux-gnu/libimage.so.1.0.0"),
+    )
+    .unwrap();
+    assert_eq!(stub, image_lib, "the image's own file is untouched");
+
+    // A read-only rootfs (docker run --read-only): runc remounts it after
+    // the hooks, so the links are there, and the rootfs is read-only.
+    let (_, parts) = run("read-only", &|bundle: &Bundle| {
+        bundle.edit_config(|config| config["root"]["readonly"] = json!(true));
+    });
+    assert!(
+        parts[0].starts_with(&format!("libcuda.so.1 -> {cuda_file}\n")),
+        "read-only rootfs: {}",
+        parts[0]
+    );
+    assert_eq!(
+        parts[1],
+        format!("{libdir}/{cuda_file}: {CUDA_DRIVER_VERSION}\n"),
+        "read-only rootfs: dlopen"
+    );
+}

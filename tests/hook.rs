@@ -70,8 +70,11 @@ impl World {
     }
 }
 
+/// The cache line of an injected library: its SONAME names the file
+/// mounted at its own name (`libcuda.so.1 => .../libcuda.so.550.54.15`).
 fn injected_line(soname: &str, lib_dir: &str) -> String {
-    format!("{soname} (libc6,x86-64) => {lib_dir}/{soname}")
+    let stem = soname.split(".so").next().unwrap_or(soname);
+    format!("{soname} (libc6,x86-64) => {lib_dir}/{stem}.so.{DRIVER_VERSION}")
 }
 
 #[test]
@@ -740,7 +743,7 @@ fn hook_masks_proc_driver_nvidia_in_the_container_namespace() {
         fs::create_dir_all(source.join("capabilities/mig")).unwrap();
         fs::write(source.join(mig_config), "DeviceFileMinor: 1\n").unwrap();
     }
-    let library = "libcuda.so.1=/usr/lib64/libcuda.so.1";
+    let library = "libcuda.so.1=/usr/lib64/libcuda.so.550.54.15";
     let view = masked_view(
         &setup,
         "bundle",
@@ -999,7 +1002,7 @@ fn cuda_forward_compatibility_uses_only_newer_compat_libraries() {
     fs::copy(&compat_lib, &host_file).unwrap();
     let host_before = (tree_snapshot(&host_dir), fs::read(&host_file).unwrap());
 
-    let host_lib = "/usr/lib/x86_64-linux-gnu/libcuda.so.1 12040";
+    let host_lib = "/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15 12040";
     let compat_used = "/usr/local/cuda/compat/libcuda.so.1 12060";
     // (case, compat libcuda version or how the compat dir is made, extra
     // config, what the program must print)

@@ -628,7 +628,7 @@ fn injected_files_are_read_only_and_nosuid_inside() {
         spec["process"]["args"] = json!([
             "sh",
             "-c",
-            "echo x >> /usr/lib/x86_64-linux-gnu/libcuda.so.1; grep -E ' /usr/lib/x86_64-linux-gnu/libcuda.so.1 | /usr/bin/nvidia-smi ' /proc/self/mountinfo"
+            "echo x >> /usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15; grep -E ' /usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15 | /usr/bin/nvidia-smi ' /proc/self/mountinfo"
         ]);
     });
     let out = world.run_plain(&bundle, &unique_id("flags"));

@@ -977,3 +977,66 @@ exec chroot "$J" '{runtime}' --root /jailonly/state-chroot run --bundle /jailonl
     out.assert_success("a GPU container through a chrooted runtime");
     assert_eq!(out.stdout, world.driver.smi_output(&[1]), "{out:?}");
 }
+
+/// The start path syncs nothing: config.json is replaced atomically by a
+/// rename, without fsync (a bundle does not outlive a crash of the
+/// machine), while engine configs and CDI specs keep theirs.
+#[test]
+fn a_gpu_create_rewrites_config_json_without_syncing() {
+    if !require_root() {
+        return;
+    }
+    let Some(strace) = require_tool("strace") else {
+        return;
+    };
+    let world = World::with_config("rt-nosync", "runtimes = [\"/bin/true\"]");
+    let bundle = world.bundle(
+        "gpu",
+        RootfsKind::Busybox,
+        &["true"],
+        &["NVIDIA_VISIBLE_DEVICES=0"],
+    );
+    // `command` under strace, following children; what it synced.
+    let sync_calls = |name: &str, command: &Command| {
+        let log = world.tmp.path().join(format!("{name}.strace"));
+        let mut traced = Command::new(&strace);
+        traced
+            .args(["-f", "-qq", "-o"])
+            .arg(&log)
+            .args([
+                "-e",
+                "trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync",
+            ])
+            .arg(command.get_program())
+            .args(command.get_args())
+            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(Stdio::null());
+        let out = command_output(traced);
+        out.assert_success(name);
+        fs::read_to_string(&log).unwrap()
+    };
+    // The trace sees a sync when there is one.
+    let mut control = Command::new("sh");
+    control.args(["-c", "sync; true"]);
+    assert!(sync_calls("control", &control).contains("sync("));
+
+    let mut create = runtime_command(
+        Path::new(RUNTIME),
+        &world.state_root,
+        &bundle,
+        &world.config_env(),
+    );
+    create
+        .args(["create", "--bundle"])
+        .arg(&bundle.dir)
+        .arg(unique_id("nosync"));
+    let calls = sync_calls("create", &create);
+    assert!(
+        bundle.read_config().to_string().contains("/dev/nvidiactl"),
+        "config.json was patched"
+    );
+    assert!(
+        calls.trim().is_empty(),
+        "sync calls on the start path:\n{calls}"
+    );
+}

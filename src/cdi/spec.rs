@@ -316,7 +316,8 @@ pub fn write_spec_file(path: &Path, text: &str) -> Result<bool, CdiError> {
         // engine running as another user.
         mode: 0o644,
         owner: None,
-        sync_dir: true,
+        // Engines read it after a reboot too (/etc/cdi).
+        durability: crate::atomic::Durability::Crash,
     };
     crate::atomic::write(path, text.as_bytes(), &options).map_err(|source| CdiError::Write {
         path: path.to_path_buf(),

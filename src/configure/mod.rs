@@ -321,7 +321,7 @@ pub fn write_atomically(
         mode: previous.map_or(0o644, |m| m.mode() & 0o7777),
         owner: previous.map(|m| (m.uid(), m.gid())),
         // An engine config must survive a crash as written.
-        sync_dir: true,
+        durability: crate::atomic::Durability::Crash,
     };
     crate::atomic::write(path, contents, &options)
 }

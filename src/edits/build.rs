@@ -104,20 +104,19 @@ impl ContainerEdits {
         edits.add_imex_channels(driver, request.imex_channels.as_ref())?;
         edits.add_feature_devices(driver, request)?;
 
-        // Libraries: each real file at its own name and at its SONAME, so it
-        // resolves through the loader's default path even in an image without
-        // ldconfig; libcuda also as libcuda.so, which programs dlopen.
+        // Libraries: each real file mounted once, at its own name; our hook
+        // links its SONAME (and the dev links NVIDIA's stack makes) to it and
+        // lists the file in the container's ld.so.cache under its SONAME.
+        // One mount per file: runc's bind mounts are most of what a GPU
+        // container's start costs (issue 18).
         let graphics = capabilities.contains(Capability::Graphics)
             || capabilities.contains(Capability::Display);
         let mut cache_entries = Vec::new();
         // Symlinks our hook creates in the rootfs.
         let mut links = Vec::new();
         for library in driver.libraries(capabilities)? {
-            cache_entries.push((
-                library.soname.clone(),
-                rootfs_dirs.lib64.join(&library.soname),
-            ));
-            edits.add_library(&library, &rootfs_dirs.lib64);
+            let path = edits.add_library(&library, &rootfs_dirs.lib64, graphics, &mut links);
+            cache_entries.push((library.soname.clone(), path));
             // Mesa's libgbm loads a driver's GBM backend from
             // <libdir>/gbm/<drm driver>_gbm.so; NVIDIA's is the allocator.
             if graphics && library.soname == "libnvidia-allocator.so.1" {
@@ -129,7 +128,7 @@ impl ContainerEdits {
         }
         if capabilities.contains(Capability::Compat32) {
             for library in driver.libraries_for(capabilities, LibraryArch::I386)? {
-                edits.add_library(&library, &rootfs_dirs.lib32);
+                edits.add_library(&library, &rootfs_dirs.lib32, graphics, &mut links);
             }
         }
         for binary in driver.binaries(capabilities) {
@@ -184,22 +183,35 @@ impl ContainerEdits {
         }
     }
 
-    fn add_library(&mut self, library: &Library, dir: &Path) {
+    /// Mounts `library` at its file name in `dir` and adds the links to it
+    /// to `links`: its SONAME, and the dev links NVIDIA's stack creates
+    /// (`libcuda.so` and `libnvidia-opticalflow.so`, which programs
+    /// `dlopen`; with graphics, `libGLX_indirect.so.0`, GLVND's fallback
+    /// for indirect GLX). Returns the mounted file's container path.
+    fn add_library(
+        &mut self,
+        library: &Library,
+        dir: &Path,
+        graphics: bool,
+        links: &mut Vec<(PathBuf, PathBuf)>,
+    ) -> PathBuf {
         let file_name = library.file_name();
-        let mut names = vec![file_name.clone()];
+        let path = dir.join(&file_name);
+        self.mounts
+            .push(mount(&library.host_path, &path, FILE_MOUNT_OPTIONS));
         if library.soname != file_name {
-            names.push(library.soname.clone());
+            links.push((PathBuf::from(&file_name), dir.join(&library.soname)));
         }
-        if library.soname == "libcuda.so.1" {
-            names.push("libcuda.so".to_string());
+        let dev_link = match library.soname.as_str() {
+            "libcuda.so.1" => Some("libcuda.so"),
+            "libnvidia-opticalflow.so.1" => Some("libnvidia-opticalflow.so"),
+            "libGLX_nvidia.so.0" if graphics => Some("libGLX_indirect.so.0"),
+            _ => None,
+        };
+        if let Some(name) = dev_link {
+            links.push((PathBuf::from(&library.soname), dir.join(name)));
         }
-        for name in names {
-            self.mounts.push(mount(
-                &library.host_path,
-                &dir.join(name),
-                FILE_MOUNT_OPTIONS,
-            ));
-        }
+        path
     }
 
     fn add_imex_channels(

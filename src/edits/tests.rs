@@ -183,7 +183,10 @@ fn each_capability_gets_its_own_files() {
     )
     .unwrap();
     let targets = mount_targets(&utility);
-    assert!(targets.contains(&lib("libnvidia-ml.so.1")), "{targets:?}");
+    assert!(
+        targets.contains(&lib("libnvidia-ml.so.550.54.15")),
+        "{targets:?}"
+    );
     assert!(targets.contains(&"/usr/bin/nvidia-smi".to_string()));
     assert!(
         !targets.iter().any(|t| t.contains("libcuda")),
@@ -198,22 +201,35 @@ fn each_capability_gets_its_own_files() {
     )
     .unwrap();
     let targets = mount_targets(&compute);
-    // libcuda at its file name, its SONAME and as libcuda.so, all from
-    // the one real file, read-only.
-    for name in ["libcuda.so.550.54.15", "libcuda.so.1", "libcuda.so"] {
-        let mount = compute
-            .mounts
-            .iter()
-            .find(|m| m.container_path == Path::new(&lib(name)))
-            .unwrap_or_else(|| panic!("{name} not mounted: {targets:?}"));
-        assert_eq!(
-            mount.host_path,
-            fake.path(&format!("{}/libcuda.so.550.54.15", fake::LIB_DIR))
-        );
-        assert_eq!(mount.options, ["ro", "nosuid", "nodev", "bind"]);
+    // libcuda mounted once, at its file name, read-only; its SONAME and
+    // libcuda.so are links the hook makes.
+    let libcuda: Vec<_> = compute
+        .mounts
+        .iter()
+        .filter(|m| m.host_path.to_string_lossy().contains("libcuda"))
+        .collect();
+    assert_eq!(libcuda.len(), 1, "{targets:?}");
+    assert_eq!(
+        libcuda[0].container_path,
+        Path::new(&lib("libcuda.so.550.54.15"))
+    );
+    assert_eq!(
+        libcuda[0].host_path,
+        fake.path(&format!("{}/libcuda.so.550.54.15", fake::LIB_DIR))
+    );
+    assert_eq!(libcuda[0].options, ["ro", "nosuid", "nodev", "bind"]);
+    let args = &compute.hooks[0].args;
+    for link in [
+        format!("libcuda.so.550.54.15::{}", lib("libcuda.so.1")),
+        format!("libcuda.so.1::{}", lib("libcuda.so")),
+    ] {
+        assert!(args.contains(&link), "--link {link}: {args:?}");
     }
     assert!(targets.contains(&"/usr/bin/nvidia-cuda-mps-control".to_string()));
-    assert!(!targets.contains(&lib("libnvidia-ml.so.1")), "{targets:?}");
+    assert!(
+        !targets.iter().any(|t| t.contains("libnvidia-ml")),
+        "{targets:?}"
+    );
     let nodes = node_paths(&compute);
     assert!(nodes.contains(&"/dev/nvidia-uvm".to_string()), "{nodes:?}");
     assert!(nodes.contains(&"/dev/nvidia-uvm-tools".to_string()));
@@ -221,10 +237,13 @@ fn each_capability_gets_its_own_files() {
     // video implies compute's libraries.
     let video = edits_for(&driver, &request(gpu0, &[Capability::Video]), &mut NoMig).unwrap();
     let targets = mount_targets(&video);
-    assert!(targets.contains(&lib("libnvcuvid.so.1")), "{targets:?}");
-    assert!(targets.contains(&lib("libnvidia-encode.so.1")));
-    assert!(targets.contains(&lib("libcuda.so.1")));
-    assert!(!targets.contains(&lib("libGLX_nvidia.so.0")));
+    assert!(
+        targets.contains(&lib("libnvcuvid.so.550.54.15")),
+        "{targets:?}"
+    );
+    assert!(targets.contains(&lib("libnvidia-encode.so.550.54.15")));
+    assert!(targets.contains(&lib("libcuda.so.550.54.15")));
+    assert!(!targets.iter().any(|t| t.contains("libGLX_nvidia")));
 }
 
 #[test]
@@ -242,7 +261,9 @@ fn the_hook_entry_lists_the_libraries_and_the_selected_gpus() {
         args.contains(&"--injected-by-runtime".to_string()),
         "{args:?}"
     );
-    assert!(args.contains(&"libcuda.so.1=/usr/lib/x86_64-linux-gnu/libcuda.so.1".to_string()));
+    assert!(
+        args.contains(&"libcuda.so.1=/usr/lib/x86_64-linux-gnu/libcuda.so.550.54.15".to_string())
+    );
     let gpus: Vec<&String> = args
         .iter()
         .zip(args.iter().skip(1))

@@ -19,7 +19,7 @@ use crate::oci::{BundleSpec, State};
 use crate::system::System;
 
 use super::cuda_compat::{self, Compat};
-use super::links::{create_parents, create_symlink, fail, relative};
+use super::links::{create_parents, create_symlink, fail, relative, Replace};
 use super::proc_mask::{mask_proc_driver, mask_selection, read_masked_tree, PROC_DRIVER_NVIDIA};
 use super::rootfs::{open_rootfs, replace_file};
 use super::HookError;
@@ -239,7 +239,7 @@ pub fn run(
     match subcommand {
         Subcommand::CreateSymlinks { links } => {
             for (target, link) in links {
-                create_symlink(system, root.as_fd(), target, link)?;
+                create_symlink(system, root.as_fd(), target, link, Replace::AnySymlink)?;
             }
         }
         Subcommand::CreateSonameSymlinks { folders } => {
@@ -250,7 +250,13 @@ pub fn run(
                         .is_some_and(|name| name.to_string_lossy() != soname)
                     {
                         let target = PathBuf::from(file.file_name().unwrap_or_default());
-                        create_symlink(system, root.as_fd(), &target, &folder.join(&soname))?;
+                        create_symlink(
+                            system,
+                            root.as_fd(),
+                            &target,
+                            &folder.join(&soname),
+                            Replace::AnySymlink,
+                        )?;
                     }
                 }
             }

@@ -74,20 +74,28 @@ pub fn update_ld_cache(
         os_version: 0,
         hwcap: 0,
     };
-    for (soname, path) in libraries {
-        cache.add_or_replace(entry(soname, path));
-    }
-    // Reversed, each inserted at the front: they keep their own order.
-    for (name, path) in preferred.iter().rev() {
-        cache.entries.insert(0, entry(name, path));
+    cache.add_or_replace_all(
+        libraries
+            .iter()
+            .map(|(soname, path)| entry(soname, path))
+            .collect(),
+    );
+    // In front, in their own order; one pass (this runs on every start).
+    if !preferred.is_empty() {
+        let rest = std::mem::take(&mut cache.entries);
+        cache.entries = preferred
+            .iter()
+            .map(|(name, path)| entry(name, path))
+            .chain(rest)
+            .collect();
     }
     let bytes = cache.to_bytes();
     match replace_file(system, etc.as_fd(), "ld.so.cache", &bytes, 0o644) {
         Ok(()) => {}
         Err(error) if error.raw_os_error() == Some(Errno::EROFS as i32) => {
             // A read-only image (not `root.readonly`, which runc applies
-            // after the hooks): the libraries still resolve by their
-            // SONAME links in the default library dirs.
+            // after the hooks): the libraries resolve by the SONAME links
+            // our hook made in the default library dirs, where it could.
             tracing::warn!(
                 "{}: /etc is read-only; no ld.so.cache written",
                 rootfs.display()

@@ -60,18 +60,19 @@ pub fn drm_by_path_links<'a>(
 }
 
 /// Creates `links` (`(target, absolute link path)`) in the rootfs; returns
-/// how many exist afterwards. A link in a read-only part of the image (a
-/// read-only rootfs) is skipped with a warning: it only names a file the
-/// container also finds by its own name, and the container must still start.
+/// what it made (for [`undo_links`]). A link in a read-only part of the
+/// image (a read-only rootfs) is skipped with a warning: the container
+/// finds the file by its own name and through ld.so.cache, and must still
+/// start. On another failure the links made so far are undone.
 pub fn create_links(
     system: &dyn System,
     root: BorrowedFd<'_>,
     links: &[(PathBuf, PathBuf)],
-) -> Result<usize, HookError> {
-    let mut created = 0;
+) -> Result<Vec<Made>, HookError> {
+    let mut made = Vec::new();
     for (target, link) in links {
-        match create_symlink(system, root, target, link) {
-            Ok(()) => created += 1,
+        match create_symlink(system, root, target, link, Replace::SameLibrary) {
+            Ok(what) => made.push(what),
             Err(HookError::Inject { source, .. })
                 if source.raw_os_error() == Some(nix::libc::EROFS) =>
             {
@@ -81,10 +82,13 @@ pub fn create_links(
                     target.display()
                 );
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                undo_links(system, root, &made);
+                return Err(error);
+            }
         }
     }
-    Ok(created)
+    Ok(made)
 }
 
 /// [`drm_by_path_links`] of a config.json's `linux.devices`.
@@ -155,14 +159,42 @@ pub(super) fn create_parents(
         .map_err(fail(format!("open /{}", current.display())))
 }
 
+/// Which existing symlink at a link's path [`create_symlink`] replaces (a
+/// file or dir there is always left alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace {
+    /// Any symlink: NVIDIA's `create-symlinks`.
+    AnySymlink,
+    /// Only one that points at the same library, of any version
+    /// (`libcuda.so.1 -> libcuda.so.535.104.05`, an image that baked in
+    /// another driver): our own links. A link of the image to anything else
+    /// is the image's choice and stays.
+    SameLibrary,
+}
+
+/// The name of a library without its `.so` and version
+/// (`libcuda.so.550.54.15` -> `libcuda`); other names whole.
+fn library_stem(target: &Path) -> String {
+    let name = target
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.find(".so") {
+        Some(end) => name[..end].to_string(),
+        None => name,
+    }
+}
+
 /// `link -> target`, created in the rootfs: the parent resolved confined,
-/// an existing symlink replaced, anything else there left alone.
+/// an existing symlink replaced as `replace` says, anything else there
+/// left alone. Returns what it did, for [`undo_links`].
 pub fn create_symlink(
     system: &dyn System,
     root: BorrowedFd<'_>,
     target: &Path,
     link: &Path,
-) -> Result<(), HookError> {
+    replace: Replace,
+) -> Result<Made, HookError> {
     let relative_link = PathBuf::from(relative(link));
     let dir = create_parents(system, root, &relative_link)?;
     let name = relative_link.file_name().unwrap_or_default();
@@ -174,21 +206,96 @@ pub fn create_symlink(
         Ok(stat) if stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFLNK => {
             let current = nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name).ok();
             if current.as_deref() == Some(target.as_os_str()) {
-                return Ok(());
+                return Ok(Made::Nothing);
+            }
+            let same_library = current
+                .as_deref()
+                .is_some_and(|current| library_stem(Path::new(current)) == library_stem(target));
+            if replace == Replace::SameLibrary && !same_library {
+                tracing::info!(
+                    "{} is the image's symlink to {:?}; left as it is",
+                    link.display(),
+                    current.unwrap_or_default()
+                );
+                return Ok(Made::Nothing);
             }
             system
                 .remove_file(dir.as_fd(), &name.to_string_lossy())
                 .map_err(fail(format!("replace the symlink {}", link.display())))?;
+            let previous = PathBuf::from(current.unwrap_or_default());
+            make_link(system, dir.as_fd(), name, target, link)?;
+            return Ok(Made::Replaced {
+                link: link.to_path_buf(),
+                previous,
+            });
         }
         Ok(_) => {
             tracing::info!(
                 "{} exists and is not a symlink; left as it is",
                 link.display()
             );
-            return Ok(());
+            return Ok(Made::Nothing);
         }
         Err(_) => {}
     }
-    nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name)
+    make_link(system, dir.as_fd(), name, target, link)?;
+    Ok(Made::Created(link.to_path_buf()))
+}
+
+fn make_link(
+    system: &dyn System,
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+    target: &Path,
+    link: &Path,
+) -> Result<(), HookError> {
+    system
+        .create_symlink(dir, &name.to_string_lossy(), target)
         .map_err(fail(format!("create the symlink {}", link.display())))
+}
+
+/// What [`create_symlink`] did at a link's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Made {
+    /// The link was there already, or something else is there.
+    Nothing,
+    /// A new link.
+    Created(PathBuf),
+    /// A symlink to `previous` replaced.
+    Replaced { link: PathBuf, previous: PathBuf },
+}
+
+/// Undoes what [`create_links`] made, last first: a created link removed,
+/// a replaced one pointed at its previous target again. Best effort (the
+/// container is failing anyway); what cannot be undone is logged.
+pub fn undo_links(system: &dyn System, root: BorrowedFd<'_>, made: &[Made]) {
+    for made in made.iter().rev() {
+        let (link, previous) = match made {
+            Made::Nothing => continue,
+            Made::Created(link) => (link, None),
+            Made::Replaced { link, previous } => (link, Some(previous)),
+        };
+        let relative_link = PathBuf::from(relative(link));
+        let name = relative_link
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let parent = relative_link.parent().unwrap_or(Path::new(""));
+        let result = system
+            .open_in_root(
+                root,
+                &parent.to_string_lossy(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            )
+            .and_then(|dir| {
+                system.remove_file(dir.as_fd(), &name)?;
+                match previous {
+                    Some(previous) => system.create_symlink(dir.as_fd(), &name, previous),
+                    None => Ok(()),
+                }
+            });
+        if let Err(errno) = result {
+            tracing::warn!("cannot undo the symlink {}: {errno}", link.display());
+        }
+    }
 }

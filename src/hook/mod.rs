@@ -263,7 +263,7 @@ pub fn prestart(
         report.ld_cache_entries = entries;
         report.ld_cache_note = note;
     }
-    report.links = links::create_links(system, root.as_fd(), &links)?;
+    report.links = links::create_links(system, root.as_fd(), &links)?.len();
     report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, false)?;
     Ok(report)
 }
@@ -403,12 +403,19 @@ fn out_of_band(
         // goes with the container if a later step fails; the cache is the
         // last write, atomic, so nothing of the rootfs is left half-done.
         report.masked_proc = mask_proc_driver(system, root.as_fd(), &masked_tree, true)?;
-        report.links = links::create_links(system, root.as_fd(), &links)?;
+        let made = links::create_links(system, root.as_fd(), &links)?;
+        report.links = made.len();
         if !ours.libraries.is_empty() {
-            let (entries, note) =
-                update_ld_cache(system, root.as_fd(), &rootfs, &ours.libraries, &[])?;
-            report.ld_cache_entries = entries;
-            report.ld_cache_note = note;
+            match update_ld_cache(system, root.as_fd(), &rootfs, &ours.libraries, &[]) {
+                Ok((entries, note)) => {
+                    report.ld_cache_entries = entries;
+                    report.ld_cache_note = note;
+                }
+                Err(error) => {
+                    links::undo_links(system, root.as_fd(), &made);
+                    return Err(error);
+                }
+            }
         }
         Ok(report)
     };

@@ -114,18 +114,17 @@ impl BundleSpec {
         bundle.join(root)
     }
 
-    /// Writes `value` atomically: a temp file in the bundle dir, fsync,
-    /// rename over `config.json`; same mode as before. On any failure the
-    /// temp file is removed and the original is untouched.
+    /// Writes `value` atomically: a temp file in the bundle dir, renamed
+    /// over `config.json`; same mode as before. On any failure the temp
+    /// file is removed and the original is untouched.
     ///
-    /// The file is fsynced before the rename so that even a power loss never
-    /// leaves a `config.json` that names a complete file with incomplete
-    /// data (ext4 and xfs may otherwise persist the rename first). The
-    /// directory is not fsynced: losing the rename itself leaves the old,
-    /// complete document, which is what a crash before the rename does too.
-    /// Engines keep bundles on tmpfs (`/run/...`), where fsync costs nothing;
-    /// on a disk-backed bundle it is the biggest single cost of a `create`
-    /// (BENCHMARKS.md).
+    /// Not fsynced: the rename already makes the replacement atomic for
+    /// every reader (runc reads it next) and for a killed writer, and a
+    /// bundle does not outlive a crash of the machine (engines create
+    /// bundles anew for every task; after a reboot the container is created
+    /// again, from a new config.json). On a disk-backed bundle the fsync was
+    /// the biggest single cost of a `create` and tens of ms at the tail
+    /// while the disk is busy (issue 18, BENCHMARKS.md).
     pub fn write(&self, value: &Value) -> Result<(), SpecError> {
         let bytes = serde_json::to_vec(value).map_err(|source| SpecError::Write {
             path: self.path.clone(),
@@ -135,14 +134,13 @@ impl BundleSpec {
     }
 }
 
-/// Temp file next to `path`, fsync, rename over `path` (see
+/// Temp file next to `path`, renamed over `path` (see
 /// [`BundleSpec::write`]); the temp file is removed on any failure.
 fn write_bytes_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SpecError> {
     let options = crate::atomic::Options {
         mode,
         owner: None,
-        // See BundleSpec::write: losing the rename leaves the old document.
-        sync_dir: false,
+        durability: crate::atomic::Durability::Readers,
     };
     crate::atomic::write(path, bytes, &options).map_err(|source| SpecError::Write {
         path: path.to_path_buf(),

@@ -102,7 +102,8 @@ pub fn remember_runtimes(state_dir: &Path, runtimes: &[String]) {
         let options = crate::atomic::Options {
             mode: 0o600,
             owner: None,
-            sync_dir: false,
+            // Under /run: gone with a crash anyway.
+            durability: crate::atomic::Durability::Readers,
         };
         crate::atomic::write(&record_path(state_dir), &text, &options)
     })();

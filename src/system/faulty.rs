@@ -79,6 +79,10 @@ impl System for FaultySystem {
         self.fault()?;
         RealSystem.remove_file(dir, path)
     }
+    fn create_symlink(&self, dir: BorrowedFd<'_>, name: &str, target: &Path) -> nix::Result<()> {
+        self.fault()?;
+        RealSystem.create_symlink(dir, name, target)
+    }
     fn mount_tmpfs(
         &self,
         target: BorrowedFd<'_>,

@@ -99,6 +99,9 @@ pub trait System: std::fmt::Debug + Send + Sync {
     /// Removes the file `path` beneath `dir`.
     fn remove_file(&self, dir: BorrowedFd<'_>, path: &str) -> nix::Result<()>;
 
+    /// Creates the symlink `name` in `dir`, pointing at `target`.
+    fn create_symlink(&self, dir: BorrowedFd<'_>, name: &str, target: &Path) -> nix::Result<()>;
+
     /// Mounts a tmpfs over the directory `target` names.
     fn mount_tmpfs(&self, target: BorrowedFd<'_>, flags: MsFlags, options: &str)
         -> nix::Result<()>;
@@ -261,6 +264,10 @@ impl System for RealSystem {
 
     fn remove_file(&self, dir: BorrowedFd<'_>, path: &str) -> nix::Result<()> {
         nix::unistd::unlinkat(Some(dir.as_raw_fd()), path, UnlinkatFlags::NoRemoveDir)
+    }
+
+    fn create_symlink(&self, dir: BorrowedFd<'_>, name: &str, target: &Path) -> nix::Result<()> {
+        nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), name)
     }
 
     fn mount_tmpfs(

@@ -26,6 +26,7 @@ pub enum Call {
     SetMode(PathBuf, u32),
     Rename(PathBuf, String),
     RemoveFile(PathBuf),
+    CreateSymlink { link: PathBuf, target: PathBuf },
     MountTmpfs { target: PathBuf, options: String },
     RemountReadOnly(PathBuf),
     CloneMount(PathBuf),
@@ -146,6 +147,14 @@ impl System for RecordingSystem {
     fn remove_file(&self, dir: BorrowedFd<'_>, path: &str) -> nix::Result<()> {
         self.record(Call::RemoveFile(path_of(dir).join(path)));
         RealSystem.remove_file(dir, path)
+    }
+
+    fn create_symlink(&self, dir: BorrowedFd<'_>, name: &str, target: &Path) -> nix::Result<()> {
+        self.record(Call::CreateSymlink {
+            link: path_of(dir).join(name),
+            target: target.to_path_buf(),
+        });
+        RealSystem.create_symlink(dir, name, target)
     }
 
     fn mount_tmpfs(

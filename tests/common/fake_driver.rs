@@ -75,6 +75,7 @@ pub(crate) const SRC_TOOL: &str = include_str!("../fixtures/fake_tool.c");
 pub(crate) const SRC_LIB: &str = include_str!("../fixtures/fake_lib.c");
 pub(crate) const SRC_IMAGE_LIB: &str = include_str!("../fixtures/image_lib.c");
 pub(crate) const SRC_USE_IMAGE_LIB: &str = include_str!("../fixtures/use_image_lib.c");
+pub(crate) const SRC_CUDA_VERSION: &str = include_str!("../fixtures/cuda_version.c");
 
 /// Libraries of the fake driver: (name, soname major suffix or None when the
 /// soname is the full file name).

@@ -47,6 +47,7 @@ fn rootfs_template(kind: RootfsKind) -> PathBuf {
         &format!("{kind:?}"),
         SRC_IMAGE_LIB,
         SRC_USE_IMAGE_LIB,
+        SRC_CUDA_VERSION,
         &file_identity(&busybox),
         &file_identity(Path::new("/lib/x86_64-linux-gnu/libc.so.6")),
         &file_identity(&ldconfig_path()),
@@ -244,6 +245,16 @@ fn build_glibc_rootfs(root: &Path, busybox: &Path, ldconfig: bool, work: &Path) 
             .arg("-L")
             .arg(&link_dir)
             .arg("-l:libimage.so.1"),
+    );
+
+    // What a CUDA program's dlopen("libcuda.so.1") finds.
+    fs::write(src.join("cuda_version.c"), SRC_CUDA_VERSION).unwrap();
+    run_ok(
+        Command::new("gcc")
+            .args(["-O2", "-Wall", "-o"])
+            .arg(root.join("usr/bin/cuda-version"))
+            .arg(src.join("cuda_version.c"))
+            .arg("-ldl"),
     );
 
     if ldconfig {

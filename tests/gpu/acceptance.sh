@@ -467,7 +467,7 @@ choose_config() {
         pass "driver-discovery" "config: $CONFIG_NAME; $PROBE_WHY"
     fi
     fact "runtime config" "$CONFIG_NAME$([ "$SYNTH_PROC" = 1 ] && echo ", proc-root = synthesized")"
-    fact "libcuda.so.1 injected from" "$($HELPER mount-source "$PATCHED" libcuda.so.1)"
+    fact "libcuda.so.1 injected from" "$($HELPER mount-source "$PATCHED" libcuda.so.)"
     fact "nvidia-smi injected from" "$($HELPER mount-source "$PATCHED" nvidia-smi)"
     info "config.toml used:"
     show "$CONF" 20

@@ -13,8 +13,9 @@
   helper.py probe-ok PATCHED
       exit 0 when the patch holds libcuda.so.1, libnvidia-ml.so.1, nvidia-smi
       and /dev/nvidiactl; prints what is missing otherwise.
-  helper.py mount-source PATCHED NAME
-      host path of the first mount whose destination ends in /NAME.
+  helper.py mount-source PATCHED PREFIX
+      host path of the first mount whose destination's file name starts
+      with PREFIX (libcuda.so. finds the one mount of libcuda's file).
 """
 import json
 import os
@@ -110,7 +111,7 @@ def main(argv):
     elif cmd == "mount-source":
         spec = load(argv[2])
         for m in spec.get("mounts", []):
-            if m.get("destination", "").endswith("/" + argv[3]):
+            if os.path.basename(m.get("destination", "")).startswith(argv[3]):
                 print(m.get("source", ""))
                 return 0
         return 1
