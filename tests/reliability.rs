@@ -63,6 +63,7 @@ impl World {
             .arg(bundle_dir)
             .arg(id)
             .env("NVIDIA_CTK_CONFIG_FILE_PATH", &self.config)
+            .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", &self.runtime_state)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).unwrap())
             .stderr(fs::File::create(&stderr).unwrap())
@@ -512,6 +513,7 @@ fn sigkill_while_rewriting_config_json_leaves_the_old_or_the_new_file() {
             .arg(&dir)
             .arg(unique_id("k"))
             .env("NVIDIA_CTK_CONFIG_FILE_PATH", &world.config)
+            .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", &world.runtime_state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -828,6 +830,7 @@ fn the_driver_disappearing_between_discovery_and_start() {
                 .arg(&world.state_root)
                 .args(["start", &id])
                 .env("NVIDIA_CTK_CONFIG_FILE_PATH", &world.config)
+                .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", &world.runtime_state)
                 .stdin(Stdio::null());
             c
         },

@@ -61,6 +61,11 @@ impl World {
             &[
                 ("NVIDIA_CTK_CONFIG_FILE_PATH", self.config.to_str().unwrap()),
                 ("FAKE_NVML_DEV_ROOT", self.driver.dev_root.to_str().unwrap()),
+                // This world's own facts cache.
+                (
+                    "NVIDIA_CONTAINER_RUNTIME_STATE_DIR",
+                    self.runtime_state.to_str().unwrap(),
+                ),
             ],
         );
         // A refused requirement must leave the bundle as it was; a start
@@ -215,4 +220,116 @@ fn malformed_expression_is_named() {
         "{}",
         out.stderr
     );
+}
+
+/// A stock CUDA image's start on a warm cache opens no libcuda and no
+/// NVML: the facts come from the state dir's cache, keyed by the driver
+/// files' identity. Proven with strace, not with our own log; the cold
+/// start, traced the same way, shows that the trace sees the loads.
+#[test]
+fn a_warm_cache_opens_no_driver_library() {
+    if !require_root() {
+        return;
+    }
+    let Some(strace) = require_tool("strace") else {
+        return;
+    };
+    let setup = setup("req-warm", "470.223.02");
+    let image = format!("NVIDIA_REQUIRE_CUDA={CUDA_12_6_IMAGE}");
+    let env = ["NVIDIA_VISIBLE_DEVICES=1", image.as_str()];
+    let config = setup.config.to_str().unwrap();
+    let state = setup.runtime_state.to_str().unwrap();
+    let dev_root = setup.driver.dev_root.to_str().unwrap();
+    let driver_root = setup.driver.driver_root.display().to_string();
+    // The driver root's libcuda and NVML opened for reading in one start,
+    // as dlopen opens them (runc's O_PATH opens of mount points in the
+    // rootfs are not loads).
+    let loads = |name: &str| -> Vec<String> {
+        let bundle = Bundle::new(
+            &setup.tmp.path().join(name),
+            RootfsKind::Busybox,
+            &["echo", "ok"],
+            &env,
+        );
+        let log = setup.tmp.path().join(format!("{name}.strace"));
+        let runtime = runtime_command(
+            Path::new(RUNTIME),
+            &setup.state_root,
+            &bundle,
+            &[
+                ("NVIDIA_CTK_CONFIG_FILE_PATH", config),
+                ("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", state),
+                ("FAKE_NVML_DEV_ROOT", dev_root),
+            ],
+        );
+        let mut traced = std::process::Command::new(&strace);
+        traced
+            .args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+            .arg(&log)
+            .arg(runtime.get_program())
+            .args(runtime.get_args())
+            // `run`, not `create`: the container exits, and so closes the
+            // pipes command_output reads to their end.
+            .args(["run", "--bundle"])
+            .arg(&bundle.dir)
+            .arg(unique_id(name))
+            .envs(runtime.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .stdin(std::process::Stdio::null());
+        command_output(traced).assert_success(name);
+        fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(&driver_root))
+            .filter(|line| line.contains("libcuda.so") || line.contains("libnvidia-ml.so"))
+            .filter(|line| !line.contains("O_PATH") && !line.contains("ENOENT"))
+            .map(str::to_string)
+            .collect()
+    };
+    // Cold: libcuda for cuda>=, NVML for the brand= alternatives.
+    let cold = loads("cold");
+    for library in ["libcuda.so", "libnvidia-ml.so"] {
+        assert!(
+            cold.iter().any(|line| line.contains(library)),
+            "the cold start loads {library}: {cold:#?}"
+        );
+    }
+    let text = fs::read_to_string(setup.runtime_state.join("driver-facts.json")).unwrap();
+    assert!(text.contains("\"cuda_version\":\"12.4\""), "{text}");
+    assert!(text.contains("tesla"), "{text}");
+    // Warm: neither.
+    let warm = loads("warm");
+    assert!(warm.is_empty(), "loads on a warm cache: {warm:#?}");
+}
+
+/// A driver upgrade invalidates the cache: a new libcuda reporting another
+/// CUDA version replaces the old file, and the next start sees it.
+#[test]
+fn the_cache_follows_a_driver_upgrade() {
+    if !require_root() {
+        return;
+    }
+    let setup = setup("req-upgrade", DRIVER_VERSION);
+    let needs_12_6 = ["NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=12.6"];
+    let out = setup.run("before", &needs_12_6);
+    assert_eq!(out.status, 1, "CUDA 12.4 refuses cuda>=12.6: {out:?}");
+    assert!(out.stderr.contains("supports CUDA 12.4"), "{}", out.stderr);
+    // Cached now: a second refusal loads nothing.
+    let log_before = setup.debug_log().matches("cuDriverGetVersion").count();
+    assert_eq!(setup.run("cached", &needs_12_6).status, 1);
+    assert_eq!(
+        setup.debug_log().matches("cuDriverGetVersion").count(),
+        log_before,
+        "the second start used the cache"
+    );
+    // The upgrade: a libcuda of the same driver version reporting 12.6,
+    // written over the old file's name (a new inode, as a package does).
+    let libcuda = setup.driver.lib_path("libcuda");
+    let new = libcuda.with_extension("new");
+    build_fake_libcuda(&new, 12060);
+    fs::rename(&new, &libcuda).unwrap();
+    setup
+        .run("after", &needs_12_6)
+        .assert_success("the upgraded driver's CUDA 12.6");
+    let text = fs::read_to_string(setup.runtime_state.join("driver-facts.json")).unwrap();
+    assert!(text.contains("\"cuda_version\":\"12.6\""), "{text}");
 }

@@ -37,6 +37,10 @@ impl World {
             .arg(&self.state_root)
             .args(args)
             .env("NVIDIA_CTK_CONFIG_FILE_PATH", &self.config)
+            // This world's own state dir: the runtimes a create remembers
+            // (what a later call with a broken config falls back to) must
+            // not come from another test running at the same time.
+            .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", &self.runtime_state)
             .stdin(Stdio::null());
         command
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use nix::libc;
 
+use super::facts_cache::{DriverIdentity, FactsCache, FileIdentity, GpuFacts};
 use super::Driver;
 use crate::request::{Capabilities, Capability};
 use crate::requirements::Facts;
@@ -132,9 +133,15 @@ pub struct HostFacts<'a> {
     nvml: Option<Result<Library, String>>,
     /// `(arch, brand)` per selected GPU.
     gpu_facts: Vec<Option<(String, String)>>,
+    /// Where the facts that change only with the driver are cached
+    /// ([`super::facts_cache`]); `None`: not cached.
+    cache_dir: Option<PathBuf>,
+    /// The cache, read on first use.
+    cache: Option<FactsCache>,
 }
 
 impl<'a> HostFacts<'a> {
+    /// Facts computed in this process, not cached (`nvidia-ctk`).
     pub fn new(driver: &'a Driver) -> HostFacts<'a> {
         HostFacts {
             driver,
@@ -142,7 +149,39 @@ impl<'a> HostFacts<'a> {
             cuda: None,
             nvml: None,
             gpu_facts: Vec::new(),
+            cache_dir: None,
+            cache: None,
         }
+    }
+
+    /// Facts cached in `state_dir` between processes (the runtime, on
+    /// every start).
+    pub fn cached(driver: &'a Driver, state_dir: &Path) -> HostFacts<'a> {
+        HostFacts {
+            cache_dir: Some(state_dir.to_path_buf()),
+            ..HostFacts::new(driver)
+        }
+    }
+
+    /// The cache for this driver's identity, read on first use; `None`
+    /// when facts are not cached.
+    fn cache(&mut self) -> Option<&mut FactsCache> {
+        if self.cache.is_none() {
+            let dir = self.cache_dir.as_ref()?;
+            let identity = DriverIdentity {
+                kernel_module: self.driver.version.clone(),
+                libcuda: self
+                    .library_path("libcuda.so.1", Capability::Compute)
+                    .ok()
+                    .and_then(|path| FileIdentity::of(&path)),
+                nvml: self
+                    .library_path("libnvidia-ml.so.1", Capability::Utility)
+                    .ok()
+                    .and_then(|path| FileIdentity::of(&path)),
+            };
+            self.cache = Some(FactsCache::load(dir, identity));
+        }
+        self.cache.as_mut()
     }
 
     /// Sets the selected GPUs whose `arch`/`brand` requirement terms ask.
@@ -371,8 +410,36 @@ impl<'a> HostFacts<'a> {
             .get(gpu)
             .cloned()
             .ok_or_else(|| format!("no selected GPU {gpu}"))?;
+        let cached = self
+            .cache()
+            .and_then(|cache| cache.gpu(&uuid))
+            .map(|facts| (facts.arch.clone(), facts.brand.clone()));
+        let facts = match cached {
+            Some(facts) => facts,
+            None => {
+                let facts = self.load_gpu_facts(&uuid)?;
+                if let Some(cache) = self.cache() {
+                    cache.set_gpu(
+                        &uuid,
+                        GpuFacts {
+                            arch: facts.0.clone(),
+                            brand: facts.1.clone(),
+                        },
+                    );
+                }
+                facts
+            }
+        };
+        if let Some(slot) = self.gpu_facts.get_mut(gpu) {
+            *slot = Some(facts.clone());
+        }
+        Ok(facts)
+    }
+
+    /// A GPU's compute capability and brand, from NVML.
+    fn load_gpu_facts(&mut self, uuid: &str) -> Result<(String, String), String> {
         let nvml = self.nvml()?;
-        let device = Self::handle_by_uuid(nvml, &uuid)?;
+        let device = Self::handle_by_uuid(nvml, uuid)?;
         let capability = nvml.symbol("nvmlDeviceGetCudaComputeCapability")?;
         let brand = nvml.symbol("nvmlDeviceGetBrand")?;
         // SAFETY: these are NVML's documented C signatures (nvml.h), the
@@ -398,14 +465,10 @@ impl<'a> HostFacts<'a> {
                 "NVML cannot read the brand of {uuid} (NVML error {status})"
             ));
         }
-        let facts = (
+        Ok((
             format!("{major}.{minor}"),
             brand_name(brand_value).to_string(),
-        );
-        if let Some(slot) = self.gpu_facts.get_mut(gpu) {
-            *slot = Some(facts.clone());
-        }
-        Ok(facts)
+        ))
     }
 }
 
@@ -430,7 +493,19 @@ impl MigLookup for HostFacts<'_> {
 impl Facts for HostFacts<'_> {
     fn cuda_version(&mut self) -> Result<String, String> {
         if self.cuda.is_none() {
-            self.cuda = Some(self.load_cuda_version());
+            let cached = self
+                .cache()
+                .and_then(|cache| cache.cuda_version().map(str::to_string));
+            self.cuda = Some(match cached {
+                Some(version) => Ok(version),
+                None => {
+                    let loaded = self.load_cuda_version();
+                    if let (Ok(version), Some(cache)) = (&loaded, self.cache()) {
+                        cache.set_cuda_version(version);
+                    }
+                    loaded
+                }
+            });
         }
         self.cuda
             .clone()

@@ -26,6 +26,7 @@ use crate::request::BusId;
 use crate::system::{RealSystem, System};
 
 pub mod facts;
+pub mod facts_cache;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod libraries;

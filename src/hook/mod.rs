@@ -329,8 +329,14 @@ fn out_of_band(
             config_path: None,
         })
     };
-    let edits = crate::runtime::container_edits(config, &request, &library_dirs, &hook_settings)
-        .map_err(Box::new)?;
+    let edits = crate::runtime::container_edits(
+        config,
+        &request,
+        &library_dirs,
+        &hook_settings,
+        &facts_state_dir(),
+    )
+    .map_err(Box::new)?;
     let Some(mut edits) = edits else {
         return Ok(Report {
             skipped: true,
@@ -428,6 +434,13 @@ fn out_of_band(
     }
 }
 
+/// Where the hook-only mode caches driver facts: the runtime's state dir
+/// (`NVIDIA_CONTAINER_RUNTIME_STATE_DIR` where the engine's hook entry sets
+/// it, else `/run/nvidia-container-runtime`), shared with the runtime.
+fn facts_state_dir() -> std::path::PathBuf {
+    crate::runtime::fallback::state_dir(|key| std::env::var(key).ok())
+}
+
 /// The annotation that asks for GPUs through podman's or CRI-O's hooks.d
 /// (`podman run --annotation nvidia.com/gpus=0`): the hooks.d files run our
 /// hook only for containers that carry it, and its value, set at run time,
@@ -504,8 +517,9 @@ pub fn precreate(
             config_path: config_file.clone(),
         })
     };
-    let edits = crate::runtime::container_edits(config, &request, &library_dirs, &hook)
-        .map_err(Box::new)?;
+    let edits =
+        crate::runtime::container_edits(config, &request, &library_dirs, &hook, &facts_state_dir())
+            .map_err(Box::new)?;
     let Some(edits) = edits else {
         return Ok(spec.clone());
     };

@@ -125,6 +125,7 @@ pub fn modify_bundle(
     bundle: &Path,
     config: &Config,
     hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
+    state_dir: &Path,
 ) -> Result<Option<RawSpec>, RuntimeError> {
     let Some(raw) = read_if_requesting(bundle, config)? else {
         return Ok(None);
@@ -149,7 +150,7 @@ pub fn modify_bundle(
         request.capabilities
     );
     let library_dirs = LibraryDirs::for_rootfs(&spec.rootfs());
-    let Some(edits) = container_edits(config, &request, &library_dirs, hook)? else {
+    let Some(edits) = container_edits(config, &request, &library_dirs, hook, state_dir)? else {
         return Ok(None);
     };
     let patched = crate::oci::patch::apply(&spec.value, &edits, &spec.path)?;
@@ -172,11 +173,14 @@ pub fn modify_bundle(
 /// requirement checks and our own edits. `None`: the route leaves the
 /// container alone. The runtime patches config.json with the result, the
 /// hook applies it to a live container: neither re-derives it.
+/// `state_dir`: where the driver facts that change only with the driver
+/// are cached between starts ([`crate::driver::facts_cache`]).
 pub fn container_edits(
     config: &Config,
     request: &Request,
     library_dirs: &LibraryDirs,
     hook: &dyn Fn() -> Result<HookSettings, RuntimeError>,
+    state_dir: &Path,
 ) -> Result<Option<ContainerEdits>, RuntimeError> {
     match mode::route(config, request)? {
         Route::Legacy => {}
@@ -185,8 +189,8 @@ pub fn container_edits(
     }
     let driver = Driver::discover(Roots::from_config(config)).map_err(EditsError::from)?;
     // NVML and libcuda are loaded only if a MIG device or a requirement
-    // term asks for them.
-    let mut facts = HostFacts::new(&driver);
+    // term asks for a fact the cache does not hold.
+    let mut facts = HostFacts::cached(&driver, state_dir);
     let selection = select_devices(&driver, request, &mut facts)?;
     if request.disable_require {
         tracing::info!("requirement checks disabled");
@@ -233,7 +237,7 @@ pub fn prepare(
             )?;
             if action == Action::Modify {
                 let hook = || find_hook(&config, &source, path_env, self_exe);
-                patched = modify_bundle(&bundle()?, &config, &hook)?;
+                patched = modify_bundle(&bundle()?, &config, &hook, state_dir)?;
                 fallback::remember_runtimes(state_dir, &config.nvidia_container_runtime.runtimes);
             }
             runtime

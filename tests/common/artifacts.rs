@@ -284,3 +284,17 @@ pub(crate) fn gcc_shared(source: &Path, soname: &str, out: &Path, defines: &[&st
             .arg(source),
     );
 }
+
+/// A fake libcuda (SONAME libcuda.so.1) at `out` whose cuDriverGetVersion
+/// reports `cuda_version` (`12060` = 12.6): a driver upgrade's new file.
+pub fn build_fake_libcuda(out: &Path, cuda_version: i32) {
+    let src = out.with_extension("c");
+    fs::write(&src, SRC_CUDA).unwrap();
+    gcc_shared(
+        &src,
+        "libcuda.so.1",
+        out,
+        &[&format!("-DFAKE_CUDA_DRIVER_VERSION={cuda_version}")],
+    );
+    fs::remove_file(&src).unwrap();
+}
