@@ -147,6 +147,41 @@ pub fn read_regular_file(path: &std::path::Path, limit: Limit) -> io::Result<Vec
     read_to_end(file, limit, meta.len())
 }
 
+/// State the runtime keeps for itself under `/run` (the remembered
+/// runtimes, the driver facts cache): a few KiB.
+pub const RUNTIME_STATE: Limit = Limit {
+    what: "a state file of the runtime",
+    bytes: 1 << 20,
+    hint: "it is not one the runtime wrote; remove it",
+};
+
+/// A file the runtime wrote for itself, believed only if it is a regular
+/// file owned by our user that nobody else may write: opened without
+/// following a symlink or blocking on a FIFO. `None` for anything else, or
+/// when it cannot be read (a warning says which).
+pub fn read_private_file(path: &std::path::Path) -> Option<Vec<u8>> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    let private =
+        meta.is_file() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
+    if !private {
+        tracing::warn!("{}: not a file of ours alone; ignored", path.display());
+        return None;
+    }
+    match read_to_end(file, RUNTIME_STATE, meta.len()) {
+        Ok(bytes) => Some(bytes),
+        Err(error) => {
+            tracing::warn!("{}: {error}; ignored", path.display());
+            None
+        }
+    }
+}
+
 /// [`read_file`] as UTF-8 text.
 pub fn read_file_to_string(path: &std::path::Path, limit: Limit) -> io::Result<String> {
     String::from_utf8(read_file(path, limit)?).map_err(|_| {

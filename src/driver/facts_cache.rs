@@ -20,18 +20,13 @@
 //! reboot). A failure to read or write it only logs: the fact is computed.
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// The cache file's name in the state dir.
 pub const FACTS_CACHE_FILE: &str = "driver-facts.json";
-
-/// More than a cache of a few hundred GPUs ever holds; a larger file is not
-/// ours and is ignored.
-const MAX_CACHE_BYTES: u64 = 1 << 20;
 
 /// The identity of one file a fact comes from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,26 +177,7 @@ fn read_trusted(dir: &Path, path: &Path) -> Option<CacheFile> {
     if !is_private_dir(dir) {
         return None;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
-    let trusted =
-        meta.is_file() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
-    if !trusted {
-        tracing::warn!("{}: not a file of ours alone; ignored", path.display());
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.by_ref()
-        .take(MAX_CACHE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .ok()?;
-    if bytes.len() as u64 > MAX_CACHE_BYTES {
-        return None;
-    }
+    let bytes = crate::bounded::read_private_file(path)?;
     match serde_json::from_slice(&bytes) {
         Ok(file) => Some(file),
         Err(error) => {

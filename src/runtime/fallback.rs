@@ -12,8 +12,6 @@
 //! after the file broke. Without that record, the default list (`runc`,
 //! then `crun`) is searched.
 
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError, Source};
@@ -22,9 +20,6 @@ use crate::config::{Config, ConfigError, Source};
 pub const STATE_DIR: &str = "/run/nvidia-container-runtime";
 /// Overrides [`STATE_DIR`] (tests; hosts whose `/run` is elsewhere).
 pub const STATE_DIR_ENV: &str = "NVIDIA_CONTAINER_RUNTIME_STATE_DIR";
-
-/// The remembered `runtimes` list is a few names or paths.
-const MAX_RECORD_BYTES: u64 = 64 << 10;
 
 /// The config of one invocation.
 // One per process, moved once: the size of the larger variant costs nothing.
@@ -61,26 +56,10 @@ fn record_path(state_dir: &Path) -> PathBuf {
 /// The `runtimes` list of the last create whose config was good, if it was
 /// recorded by root and nobody else can have changed it.
 pub fn remembered_runtimes(state_dir: &Path) -> Option<Vec<String>> {
-    let path = record_path(state_dir);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(&path)
-        .ok()?;
-    let meta = file.metadata().ok()?;
     // It names programs we exec as root: only a regular file of ours that
     // no one else may write is believed.
-    let trusted =
-        meta.is_file() && meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o022 == 0;
-    if !trusted {
-        tracing::warn!("{}: not a root-only file; ignored", path.display());
-        return None;
-    }
-    let mut text = String::new();
-    file.by_ref()
-        .take(MAX_RECORD_BYTES)
-        .read_to_string(&mut text)
-        .ok()?;
+    let bytes = crate::bounded::read_private_file(&record_path(state_dir))?;
+    let text = String::from_utf8(bytes).ok()?;
     let runtimes: Vec<String> = serde_json::from_str(&text).ok()?;
     (!runtimes.is_empty()).then_some(runtimes)
 }
