@@ -104,6 +104,20 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Execs runc with its own argv: a static C exec-wrapper, the floor of any
+/// program in front of runc that does nothing but exec it.
+const EXEC_WRAPPER_C: &str = r#"
+#include <unistd.h>
+int main(int argc, char **argv) { (void)argc; execv(RUNC, argv); return 127; }
+"#;
+
+/// The runtime's own state dir for every call (the driver facts cache).
+static RUNTIME_STATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The requirement string of nvidia/cuda:12.4.x images: `cuda>=12.4` first,
+/// which the fake driver's CUDA 12.4 meets, so only libcuda is asked.
+const CUDA_12_4_IMAGE: &str = "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471 brand=nvidia,driver>=470,driver<471 brand=nvidiartx,driver>=470,driver<471 brand=geforce,driver>=470,driver<471 brand=geforcertx,driver>=470,driver<471 brand=quadro,driver>=470,driver<471 brand=quadrortx,driver>=470,driver<471 brand=titan,driver>=470,driver<471 brand=titanrtx,driver>=470,driver<471 brand=tesla,driver>=525,driver<526 brand=unknown,driver>=525,driver<526 brand=nvidia,driver>=525,driver<526 brand=nvidiartx,driver>=525,driver<526";
+
 /// The compiled [`RSS_LAUNCHER_C`] and the file it reports to.
 static RSS_LAUNCHER: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
 
@@ -335,7 +349,38 @@ fn engine_call(program: &Path, state: &Path, bundle: &Bundle, config: &Path) -> 
         .arg(bundle.runtime_log_path())
         .args(["--log-format", "json"])
         .env("NVIDIA_CTK_CONFIG_FILE_PATH", config);
+    if let Some(dir) = RUNTIME_STATE.get() {
+        command.env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", dir);
+    }
     command
+}
+
+/// Replaces the fake driver's libcuda with one as large as a real one
+/// (`megabytes` of read-only data) with `symbols` exported functions, so
+/// that loading it costs what loading the real one does.
+fn make_libcuda_large(driver: &FakeDriver, dir: &Path, megabytes: usize, symbols: usize) {
+    let mut pad = String::new();
+    pad.push_str(&format!(
+        "__attribute__((used)) const unsigned char fake_cuda_padding[{megabytes} << 20] = {{1}};\n"
+    ));
+    for i in 0..symbols {
+        pad.push_str(&format!(
+            "int cuFakeEntryPoint{i}(int x) {{ return x + {i}; }}\n"
+        ));
+    }
+    let pad_src = dir.join("libcuda-pad.c");
+    let cuda_src = dir.join("libcuda-large.c");
+    fs::write(&pad_src, pad).expect("write padding source");
+    fs::write(&cuda_src, common::SRC_CUDA).expect("write libcuda source");
+    let target = driver.lib_path("libcuda");
+    let status = Command::new("gcc")
+        .args(["-O1", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(&target)
+        .arg(&cuda_src)
+        .arg(&pad_src)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc the large libcuda");
 }
 
 /// `create --bundle B --pid-file P id`, as docker writes it.
@@ -440,8 +485,10 @@ struct Row {
     runs: usize,
     ours_median: f64,
     ours_p90: f64,
+    ours_p99: f64,
     base_median: f64,
     base_p90: f64,
+    base_p99: f64,
     rss: String,
 }
 
@@ -499,8 +546,10 @@ fn row(
         runs: ours.len(),
         ours_median: percentile(&o, 0.5),
         ours_p90: percentile(&o, 0.9),
+        ours_p99: percentile(&o, 0.99),
         base_median: percentile(&b, 0.5),
         base_p90: percentile(&b, 0.9),
+        base_p99: percentile(&b, 0.99),
         rss,
     };
     eprintln!(
@@ -512,21 +561,24 @@ fn row(
 
 fn print_table(rows: &[Row]) {
     println!(
-        "| # | scenario | baseline | runs | ours median ms | ours p90 ms | baseline median ms | baseline p90 ms | added ms (median) | ratio | peak RSS |"
+        "| # | scenario | baseline | runs | ours median ms | ours p90 ms | ours p99 ms | baseline median ms | baseline p90 ms | baseline p99 ms | added ms (median) | added ms (p99) | ratio | peak RSS |"
     );
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for r in rows {
         println!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:.2}x | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} | {:.2}x | {} |",
             r.id,
             r.name,
             r.baseline,
             r.runs,
             r.ours_median,
             r.ours_p90,
+            r.ours_p99,
             r.base_median,
             r.base_p90,
+            r.base_p99,
             r.added(),
+            r.ours_p99 - r.base_p99,
             r.ratio(),
             r.rss
         );
@@ -651,6 +703,13 @@ fn main() {
         compile_c(dir, "rss-launcher", RSS_LAUNCHER_C, &[]),
         dir.join("rss.txt"),
     ));
+    let _ = RUNTIME_STATE.set(dir.join("runtime-state"));
+    let exec_wrapper = compile_c(
+        dir,
+        "exec-wrapper",
+        EXEC_WRAPPER_C,
+        &[format!("-DRUNC={}", c_string(&common::runc_path()))],
+    );
     let tools = Tools {
         runc: common::runc_path(),
         noop: compile_c(dir, "noop", NOOP_C, &[]),
@@ -761,6 +820,27 @@ fn main() {
             "exec no-op",
             samples.clone(),
             rss(&samples.0),
+        ));
+    }
+    if selected(&filter, "1e", "exec-wrapper") {
+        eprintln!("1e: state, against a static exec-wrapper of runc");
+        let state_cmd = |program: &Path| {
+            let mut c = engine_call(program, &state, &plain.bundle, &c8.runc);
+            c.args(["state", "no-such-container"]);
+            c
+        };
+        let samples = measure(
+            fast,
+            nothing,
+            || run(&mut state_cmd(runtime), Some(1)),
+            || run(&mut state_cmd(&exec_wrapper), Some(1)),
+        );
+        rows.push(row(
+            "1e",
+            "pass-through: `state` of a missing container, against the floor",
+            "a static C exec-wrapper of runc",
+            samples,
+            "-".to_string(),
         ));
     }
     if selected(&filter, "1c", "create+delete") {
@@ -878,6 +958,44 @@ fn main() {
                 peak_mib(&runtime_rss),
                 peak_mib(&hook)
             ),
+        ));
+    }
+
+    // 3d. The tail while the disk is busy: a writer syncing every block to
+    // the bundles' disk, as a busy node's image pulls and logs do.
+    if selected(&filter, "3d", "disk writer") {
+        let name = "full life, one GPU (0 of 8), with the hook, while `dd oflag=dsync` writes to the bundle's disk";
+        eprintln!("3d: {name}");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let stop = stop.clone();
+            let target = dir.join("dd-writer.out");
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = Command::new("dd")
+                        .args(["if=/dev/zero", "bs=64k", "count=200", "oflag=dsync"])
+                        .arg(format!("of={}", target.display()))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+                let _ = fs::remove_file(&target);
+            })
+        };
+        let samples = measure(
+            slow,
+            || one.restore(),
+            || full_life(runtime, &state, &one.bundle, &c8.runc),
+            || full_life(runc, &state, &one.bundle, &c8.runc),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = writer.join();
+        rows.push(row(
+            "3d",
+            name,
+            "plain runc, same bundle unpatched, same writer",
+            samples,
+            "-".to_string(),
         ));
     }
 
@@ -1003,6 +1121,63 @@ fn main() {
         ));
         big_cache.restore();
         one.restore();
+    }
+
+    // 5. A stock CUDA image: its NVIDIA_REQUIRE_CUDA needs the CUDA version
+    // libcuda supports. The fake libcuda is made as large as a real one (40
+    // MiB, 3,000 exported functions), so that a load costs what it costs.
+    if selected(&filter, "5", "CUDA image") {
+        let cuda_driver = FakeDriver::build(
+            &dir.join("driver-cuda"),
+            &FakeDriverOptions::with_gpu_count(8),
+        );
+        make_libcuda_large(&cuda_driver, dir, 40, 3000);
+        let cuda_configs = Configs::new(&dir.join("config-cuda"), &cuda_driver, &tools);
+        let image = gpu_bundle(
+            dir,
+            "cuda-image",
+            glibc,
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                &format!("NVIDIA_REQUIRE_CUDA={CUDA_12_4_IMAGE}"),
+            ],
+        );
+        let cache = RUNTIME_STATE
+            .get()
+            .expect("state dir set")
+            .join("driver-facts.json");
+        let create_noop = |prepared: &Prepared| {
+            prepared.restore();
+            run(
+                &mut create(runtime, &state, &prepared.bundle, &cuda_configs.noop, "x"),
+                Some(0),
+            )
+        };
+        eprintln!("5a: CUDA image, warm cache");
+        let samples = measure(fast, nothing, || create_noop(&image), || create_noop(&one));
+        rows.push(row(
+            "5a",
+            "one-GPU `create` of a stock CUDA 12.4 image (its NVIDIA_REQUIRE_CUDA), warm facts cache, 40 MiB libcuda, no-op low-level runtime",
+            "the same create without the requirement",
+            samples.clone(),
+            rss(&samples.0),
+        ));
+        eprintln!("5b: CUDA image, cold cache");
+        let samples = measure(
+            slow,
+            || {
+                let _ = fs::remove_file(&cache);
+            },
+            || create_noop(&image),
+            || create_noop(&image),
+        );
+        rows.push(row(
+            "5b",
+            "the same create, cold cache (libcuda loaded for cuDriverGetVersion)",
+            "the same create, warm cache",
+            samples.clone(),
+            rss(&samples.0),
+        ));
     }
 
     if std::env::var_os("BENCH_KEEP").is_some() {
