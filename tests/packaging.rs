@@ -325,4 +325,40 @@ fn installed_runtime_gives_a_container_its_gpu() {
         "no prestart hook {} in {hooks:?}",
         hook.display()
     );
+
+    // A requirement check: the static runtime loads no library itself; the
+    // installed facts helper next to it tells it the CUDA version (12.4).
+    let facts_state = tmp.path().join("runtime-state");
+    let requirement = |name: &str, cuda: &str| {
+        let bundle = Bundle::new(
+            &tmp.path().join(name),
+            RootfsKind::Busybox,
+            &["true"],
+            &[
+                "NVIDIA_VISIBLE_DEVICES=0",
+                &format!("NVIDIA_REQUIRE_CUDA=cuda>={cuda}"),
+            ],
+        );
+        run_container(
+            &runtime,
+            &state_root,
+            &bundle,
+            &unique_id(name),
+            &[
+                ("NVIDIA_CTK_CONFIG_FILE_PATH", config.to_str().unwrap()),
+                (
+                    "NVIDIA_CONTAINER_RUNTIME_STATE_DIR",
+                    facts_state.to_str().unwrap(),
+                ),
+            ],
+        )
+    };
+    requirement("require-met", "12.0").assert_success("cuda>=12.0 on CUDA 12.4");
+    let out = requirement("require-unmet", "12.6");
+    assert_eq!(out.status, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("the driver supports CUDA 12.4"),
+        "{}",
+        out.stderr
+    );
 }

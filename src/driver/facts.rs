@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 
 use super::facts_cache::{DriverIdentity, FactsCache, FileIdentity, GpuFacts};
+use super::facts_helper::{ask, Query};
 use super::Driver;
 use crate::request::{Capabilities, Capability};
 use crate::requirements::Facts;
@@ -116,7 +117,7 @@ pub fn cuda_version_string(version: c_int) -> String {
 }
 
 /// A MIG device as NVML reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MigInfo {
     pub uuid: String,
     pub parent_uuid: String,
@@ -138,6 +139,9 @@ pub struct HostFacts<'a> {
     cache_dir: Option<PathBuf>,
     /// The cache, read on first use.
     cache: Option<FactsCache>,
+    /// The helper process that asks the driver's libraries
+    /// ([`super::facts_helper`]); `None`: this process loads them itself.
+    helper: Option<PathBuf>,
 }
 
 impl<'a> HostFacts<'a> {
@@ -151,14 +155,17 @@ impl<'a> HostFacts<'a> {
             gpu_facts: Vec::new(),
             cache_dir: None,
             cache: None,
+            helper: None,
         }
     }
 
-    /// Facts cached in `state_dir` between processes (the runtime, on
-    /// every start).
-    pub fn cached(driver: &'a Driver, state_dir: &Path) -> HostFacts<'a> {
+    /// The runtime's and the hook's facts: cached in `state_dir` between
+    /// processes, and what the cache lacks asked of the `helper` process
+    /// (static binaries load no library themselves).
+    pub fn for_runtime(driver: &'a Driver, state_dir: &Path, helper: PathBuf) -> HostFacts<'a> {
         HostFacts {
             cache_dir: Some(state_dir.to_path_buf()),
+            helper: Some(helper),
             ..HostFacts::new(driver)
         }
     }
@@ -275,6 +282,9 @@ impl<'a> HostFacts<'a> {
 
     /// A MIG device by its `MIG-...` UUID.
     pub fn mig_by_uuid(&mut self, uuid: &str) -> Result<MigInfo, String> {
+        if let Some(helper) = &self.helper {
+            return ask(helper, &self.driver.roots, &Query::MigByUuid(uuid.into()));
+        }
         let nvml = self.nvml()?;
         let mig = Self::handle_by_uuid(nvml, uuid)?;
         let parent_of = nvml.symbol("nvmlDeviceGetDeviceHandleFromMigDeviceHandle")?;
@@ -296,6 +306,10 @@ impl<'a> HostFacts<'a> {
         parent_uuid: &str,
         index: u32,
     ) -> Result<Option<MigInfo>, String> {
+        if let Some(helper) = &self.helper {
+            let query = Query::MigByIndex(parent_uuid.into(), index);
+            return ask(helper, &self.driver.roots, &query);
+        }
         let nvml = self.nvml()?;
         let parent = Self::handle_by_uuid(nvml, parent_uuid)?;
         let by_index = nvml.symbol("nvmlDeviceGetMigDeviceHandleByIndex")?;
@@ -320,6 +334,10 @@ impl<'a> HostFacts<'a> {
     /// NVML's indices may have holes (a destroyed instance frees its slot),
     /// so every slot up to `nvmlDeviceGetMaxMigDeviceCount` is asked.
     pub fn mig_devices(&mut self, parent_uuid: &str) -> Result<Vec<(u32, MigInfo)>, String> {
+        if let Some(helper) = &self.helper {
+            let query = Query::MigDevices(parent_uuid.into());
+            return ask(helper, &self.driver.roots, &query);
+        }
         let nvml = self.nvml()?;
         let parent = Self::handle_by_uuid(nvml, parent_uuid)?;
         let max_count = nvml.symbol("nvmlDeviceGetMaxMigDeviceCount")?;
@@ -363,6 +381,9 @@ impl<'a> HostFacts<'a> {
     }
 
     fn load_cuda_version(&self) -> Result<String, String> {
+        if let Some(helper) = &self.helper {
+            return ask(helper, &self.driver.roots, &Query::CudaVersion);
+        }
         let path = self.library_path("libcuda.so.1", Capability::Compute)?;
         tracing::info!("loading {} for cuDriverGetVersion", path.display());
         let library = Library::open(&path)?;
@@ -438,6 +459,10 @@ impl<'a> HostFacts<'a> {
 
     /// A GPU's compute capability and brand, from NVML.
     fn load_gpu_facts(&mut self, uuid: &str) -> Result<(String, String), String> {
+        if let Some(helper) = &self.helper {
+            let facts: GpuFacts = ask(helper, &self.driver.roots, &Query::GpuFacts(uuid.into()))?;
+            return Ok((facts.arch, facts.brand));
+        }
         let nvml = self.nvml()?;
         let device = Self::handle_by_uuid(nvml, uuid)?;
         let capability = nvml.symbol("nvmlDeviceGetCudaComputeCapability")?;

@@ -27,6 +27,7 @@ use crate::system::{RealSystem, System};
 
 pub mod facts;
 pub mod facts_cache;
+pub mod facts_helper;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod libraries;

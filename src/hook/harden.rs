@@ -1,5 +1,6 @@
-//! The hook's hardening: loader variables scrubbed by a re-exec,
-//! `chdir("/")`, and a deadline below runc's hook timeout.
+//! The hook's hardening: loader variables scrubbed (by a re-exec when the
+//! hook is dynamically linked), `chdir("/")`, and a deadline below runc's
+//! hook timeout.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -27,6 +28,11 @@ pub const DEADLINE_SECONDS: u32 = 25;
 /// constructors); what it guarantees is that the process that does the work
 /// has nothing preloaded. The real defence is the explicit `env` of every
 /// hook entry (`edits::HOOK_ENV`).
+///
+/// A static hook (the package's; no program interpreter, `AT_BASE` 0) had
+/// no loader to abuse: it only removes the variables from its own
+/// environment, so that nothing it starts (the dynamically linked facts
+/// helper) inherits them, and goes on without a re-exec.
 pub fn scrub_loader_environment(args: &[OsString]) -> Result<(), HookError> {
     let present: Vec<&str> = LOADER_VARIABLES
         .iter()
@@ -34,6 +40,13 @@ pub fn scrub_loader_environment(args: &[OsString]) -> Result<(), HookError> {
         .filter(|name| std::env::var_os(name).is_some())
         .collect();
     if present.is_empty() {
+        return Ok(());
+    }
+    if is_static_executable() {
+        for name in &present {
+            // Single-threaded here (the first thing main does).
+            std::env::remove_var(name);
+        }
         return Ok(());
     }
     let fail = |source| HookError::Reexec {
@@ -67,6 +80,15 @@ pub fn scrub_loader_environment(args: &[OsString]) -> Result<(), HookError> {
         Ok(never) => match never {},
         Err(errno) => Err(fail(errno)),
     }
+}
+
+/// Whether this process runs without a program interpreter: the kernel
+/// passes the dynamic loader's base address as `AT_BASE`, 0 when there is
+/// none (a static or static-pie executable).
+pub fn is_static_executable() -> bool {
+    // SAFETY: getauxval reads the auxiliary vector the kernel gave the
+    // process; it has no preconditions.
+    unsafe { nix::libc::getauxval(nix::libc::AT_BASE) == 0 }
 }
 
 // The handler's message states the deadline; it cannot format it at run
@@ -106,4 +128,14 @@ pub fn harden_process() -> Result<(), HookError> {
     })?;
     nix::unistd::alarm::set(DEADLINE_SECONDS);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_test_binary_has_a_program_interpreter() {
+        // cargo builds tests dynamically linked; the package's hook is
+        // static (its packaging test checks the other side).
+        assert!(!super::is_static_executable());
+    }
 }

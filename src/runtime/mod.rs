@@ -190,7 +190,11 @@ pub fn container_edits(
     let driver = Driver::discover(Roots::from_config(config)).map_err(EditsError::from)?;
     // NVML and libcuda are loaded only if a MIG device or a requirement
     // term asks for a fact the cache does not hold.
-    let mut facts = HostFacts::cached(&driver, state_dir);
+    let mut facts = HostFacts::for_runtime(
+        &driver,
+        state_dir,
+        crate::driver::facts_helper::helper_beside_self(),
+    );
     let selection = select_devices(&driver, request, &mut facts)?;
     if request.disable_require {
         tracing::info!("requirement checks disabled");

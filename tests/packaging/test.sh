@@ -118,6 +118,7 @@ dpkg-deb --fsys-tarfile "$deb" | tar -t | sed 's|^\./|/|; s|/$||' | grep -v '^$'
 for path in \
     /usr/bin/nvidia-container-runtime /usr/bin/nvidia-container-runtime-hook \
     /usr/bin/nvidia-ctk /usr/bin/nvidia-cdi-hook /usr/bin/nvidia-docker \
+    /usr/bin/nvidia-container-runtime-facts \
     /etc/nvidia-container-runtime/config.toml \
     /usr/share/doc/$pkg/examples/daemon.json.example \
     /usr/share/doc/$pkg/examples/k8s/runtimeclass.yaml \
@@ -131,6 +132,7 @@ for path in \
     /usr/share/man/man1/nvidia-container-runtime-hook.1.gz \
     /usr/share/man/man1/nvidia-docker.1.gz \
     /usr/share/man/man1/nvidia-cdi-hook.1.gz \
+    /usr/share/man/man1/nvidia-container-runtime-facts.1.gz \
     /lib/systemd/system/nvidia-cdi-refresh.service \
     /lib/systemd/system/nvidia-cdi-refresh.path \
     /usr/share/bash-completion/completions/nvidia-ctk \
@@ -147,6 +149,19 @@ fi
 while read -r path; do
     if [ -e "$path" ]; then echo "$path"; fi
 done <"$work/paths" >"$work/existed-before"
+
+echo "== static runtime and hook"
+# No dynamic loader on a start: no PT_INTERP, no NEEDED. The facts helper
+# stays dynamic (it dlopens the driver's libraries).
+for bin in nvidia-container-runtime nvidia-container-runtime-hook; do
+    dpkg-deb --fsys-tarfile "$deb" | tar -xO "./usr/bin/$bin" >"$work/$bin"
+    if readelf -lW "$work/$bin" | grep -q 'INTERP' || readelf -dW "$work/$bin" | grep -q NEEDED; then
+        fail "/usr/bin/$bin is dynamically linked: $(readelf -dW "$work/$bin" | grep NEEDED)"
+    fi
+done
+dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/nvidia-container-runtime-facts >"$work/facts-helper"
+readelf -dW "$work/facts-helper" | grep -q 'NEEDED.*libc.so' ||
+    fail "nvidia-container-runtime-facts is not dynamically linked"
 
 echo "== dpkg -i"
 installed=true
@@ -171,6 +186,13 @@ for unit in nvidia-cdi-refresh.service nvidia-cdi-refresh.path; do
     [ -L "/etc/systemd/system/multi-user.target.wants/$unit" ] ||
         fail "$unit is not enabled after dpkg -i"
 done
+
+echo "== the static hook ignores loader variables without a re-exec"
+# A dynamically linked hook re-executes itself without LD_PRELOAD; the
+# static one has no loader to abuse and execs nothing.
+execs=$(LD_PRELOAD=/nonexistent.so strace -f -qq -e trace=execve -o /dev/stdout \
+    /usr/bin/nvidia-container-runtime-hook poststop </dev/null | grep -c 'execve(' || true)
+[ "$execs" = 1 ] || fail "the static hook exec'd $execs programs with LD_PRELOAD set (expected only its own start)"
 
 echo "== nvidia-container-runtime --version"
 # Reads the installed config.toml (a syntax error would stop it) and execs runc.
