@@ -28,7 +28,9 @@
 //!   the shim with the OCI state on stdin, the shim forks the real hook with
 //!   the same argv and stdin and records its wall time and `ru_maxrss`.
 //!
-//! Environment: `BENCH_RUNS` (runs of the slow, runc-backed rows; default
+//! Environment: `BENCH_RUNTIME` and `BENCH_HOOK` (the binaries measured,
+//! instead of cargo's bench build: the package's static ones),
+//! `BENCH_RUNS` (runs of the slow, runc-backed rows; default
 //! 40, at least 30), `BENCH_FAST_RUNS` (the millisecond rows; default 300),
 //! `BENCH_FILTER` (only rows whose id or name contains it), `BENCH_KEEP`
 //! (keep the fake drivers, configs and bundles, and print where, for
@@ -48,8 +50,19 @@ use nix::libc;
 use nvidia_container_runtime::ldcache::{CacheEntry, LdCache, FLAGS_X86_64_LIBC6};
 use serde_json::{json, Value};
 
-const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
-const HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
+const CARGO_RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
+const CARGO_HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
+
+/// The runtime measured: cargo's bench build, or `BENCH_RUNTIME` (the
+/// package's static build, say; its facts helper must be next to it).
+fn runtime_binary() -> PathBuf {
+    std::env::var_os("BENCH_RUNTIME").map_or_else(|| PathBuf::from(CARGO_RUNTIME), PathBuf::from)
+}
+
+/// The hook measured: cargo's bench build, or `BENCH_HOOK`.
+fn hook_binary() -> PathBuf {
+    std::env::var_os("BENCH_HOOK").map_or_else(|| PathBuf::from(CARGO_HOOK), PathBuf::from)
+}
 
 /// Exits 0 and nothing else: the low-level runtime that does nothing.
 const NOOP_C: &str = "int main(void) { return 0; }\n";
@@ -295,8 +308,8 @@ impl Configs {
         };
         let runc = tools.runc.to_str().expect("UTF-8 runc path");
         let noop = tools.noop.to_str().expect("UTF-8 no-op path");
-        write_config(&configs.runc, driver, runc, Path::new(HOOK));
-        write_config(&configs.noop, driver, noop, Path::new(HOOK));
+        write_config(&configs.runc, driver, runc, &hook_binary());
+        write_config(&configs.noop, driver, noop, &hook_binary());
         write_config(&configs.shim, driver, runc, &tools.shim);
         configs
     }
@@ -642,9 +655,16 @@ fn machine_lines(runc: &Path) {
     println!("- kernel: {}", first_line("/proc/sys/kernel/osrelease"));
     println!("- runc: {} ({runc_version})", runc.display());
     println!(
-        "- binaries: runtime {} KiB, hook {} KiB (bench profile = release)",
-        size(RUNTIME),
-        size(HOOK)
+        "- binaries: runtime {} ({} KiB), hook {} ({} KiB){}",
+        runtime_binary().display(),
+        size(&runtime_binary().display().to_string()),
+        hook_binary().display(),
+        size(&hook_binary().display().to_string()),
+        if std::env::var_os("BENCH_RUNTIME").is_some() {
+            ""
+        } else {
+            " (bench profile = release)"
+        }
     );
 }
 
@@ -718,7 +738,7 @@ fn main() {
             "hook-shim",
             SHIM_C,
             &[
-                format!("-DHOOK={}", c_string(Path::new(HOOK))),
+                format!("-DHOOK={}", c_string(&hook_binary())),
                 format!("-DOUT={}", c_string(&shim_out)),
             ],
         ),
@@ -726,7 +746,8 @@ fn main() {
     };
     let state = dir.join("state");
     fs::create_dir_all(&state).expect("create state root");
-    let runtime = Path::new(RUNTIME);
+    let runtime_path = runtime_binary();
+    let runtime = runtime_path.as_path();
     let runc = tools.runc.as_path();
     let noop = tools.noop.as_path();
 
@@ -1013,7 +1034,7 @@ fn main() {
         );
         patched.bundle.edit_config(|config| {
             if let Some(prestart) = config["hooks"]["prestart"].as_array_mut() {
-                prestart.retain(|hook| hook["path"] != json!(HOOK));
+                prestart.retain(|hook| hook["path"] != json!(hook_binary()));
             }
         });
         let patched = Prepared::new(patched.bundle);
