@@ -2,11 +2,13 @@
 //! hook's questions about the driver that only its libraries can answer
 //! (libcuda's CUDA version, NVML's GPU and MIG facts), as one JSON line.
 //! Dynamically linked on purpose: it `dlopen`s them. Thin: the logic is in
-//! [`nvidia_container_runtime::driver::facts_helper`].
+//! [`nvidia_container_runtime::driver::facts_helper`] (the protocol) and
+//! [`nvidia_container_runtime::driver::facts`] (the answers).
 
 use std::path::PathBuf;
 
-use nvidia_container_runtime::driver::facts_helper::{answer, Query};
+use nvidia_container_runtime::driver::facts::answer;
+use nvidia_container_runtime::driver::facts_helper::Query;
 use nvidia_container_runtime::driver::{Driver, Roots};
 
 fn main() {

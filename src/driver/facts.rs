@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 
 use super::facts_cache::{DriverIdentity, FactsCache, FileIdentity, GpuFacts};
-use super::facts_helper::{ask, Query};
+use super::facts_helper::{ask, encode, Query};
 use super::Driver;
 use crate::request::{Capabilities, Capability};
 use crate::requirements::Facts;
@@ -495,6 +495,29 @@ impl<'a> HostFacts<'a> {
             brand_name(brand_value).to_string(),
         ))
     }
+}
+
+/// Answers `query` in this process, as the helper's reply line
+/// ([`super::facts_helper`]): the helper binary's work.
+pub fn answer(driver: &Driver, query: &Query) -> String {
+    fn json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, String> {
+        serde_json::to_value(value).map_err(|error| error.to_string())
+    }
+    let mut facts = HostFacts::new(driver);
+    let result = match query {
+        Query::CudaVersion => facts.cuda_version().and_then(json),
+        Query::GpuFacts(uuid) => {
+            facts.select(vec![uuid.clone()]);
+            facts.arch(0).and_then(|arch| {
+                let brand = facts.brand(0)?;
+                json(GpuFacts { arch, brand })
+            })
+        }
+        Query::MigByUuid(uuid) => facts.mig_by_uuid(uuid).and_then(json),
+        Query::MigByIndex(uuid, index) => facts.mig_by_index(uuid, *index).and_then(json),
+        Query::MigDevices(uuid) => facts.mig_devices(uuid).and_then(json),
+    };
+    encode(result)
 }
 
 /// How MIG devices are looked up (NVML, loaded lazily, in the runtime).

@@ -1,6 +1,6 @@
 //! The facts only the driver's own libraries know, asked of a helper
 //! process: `nvidia-container-runtime-facts`, dynamically linked, which
-//! `dlopen`s libcuda and NVML ([`super::facts`]) and prints the answer as
+//! `dlopen`s libcuda and NVML (`driver::facts`) and prints the answer as
 //! one JSON line.
 //!
 //! Why a process: the runtime and the hook are built as static executables
@@ -21,10 +21,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::facts::HostFacts;
-use super::facts_cache::GpuFacts;
-use super::{Driver, Roots};
-use crate::requirements::Facts;
+use super::Roots;
 
 /// The helper's file name, installed next to the runtime and the hook.
 pub const HELPER_NAME: &str = "nvidia-container-runtime-facts";
@@ -93,26 +90,9 @@ enum Answer {
     Error(String),
 }
 
-fn json<T: Serialize>(value: T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|error| error.to_string())
-}
-
-/// Runs `query` in this process (the helper's side), as JSON.
-pub fn answer(driver: &Driver, query: &Query) -> String {
-    let mut facts = HostFacts::new(driver);
-    let result = match query {
-        Query::CudaVersion => facts.cuda_version().and_then(json),
-        Query::GpuFacts(uuid) => {
-            facts.select(vec![uuid.clone()]);
-            facts.arch(0).and_then(|arch| {
-                let brand = facts.brand(0)?;
-                json(GpuFacts { arch, brand })
-            })
-        }
-        Query::MigByUuid(uuid) => facts.mig_by_uuid(uuid).and_then(json),
-        Query::MigByIndex(uuid, index) => facts.mig_by_index(uuid, *index).and_then(json),
-        Query::MigDevices(uuid) => facts.mig_devices(uuid).and_then(json),
-    };
+/// The helper's reply line for `result` (the helper's side: the
+/// answer is computed by `driver::facts::answer`).
+pub fn encode(result: Result<Value, String>) -> String {
     let answer = match result {
         Ok(value) => Answer::Ok(value),
         Err(problem) => Answer::Error(problem),

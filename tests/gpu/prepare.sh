@@ -33,10 +33,18 @@ if ! (cd "$REPO" && cargo build --release --bins) >"$WORK/cargo.log" 2>&1; then
     die "the release build failed (see above). src/ is being edited by others: retry later; nothing was changed in carry/"
 fi
 tail -1 "$WORK/cargo.log"
+# The runtime and the hook static, as the package ships them; their
+# dynamically linked facts helper goes next to them.
+for bin in nvidia-container-runtime nvidia-container-runtime-hook; do
+    if ! (cd "$REPO" && cargo rustc --release --bin "$bin" -- -C target-feature=+crt-static) >>"$WORK/cargo.log" 2>&1; then
+        tail -40 "$WORK/cargo.log" >&2
+        die "the static build of $bin failed (see above)"
+    fi
+done
 
 rm -rf "$CARRY"
 mkdir -p "$CARRY/bin" "$CARRY/runc/lib"
-for bin in nvidia-container-runtime nvidia-container-runtime-hook nvidia-ctk; do
+for bin in nvidia-container-runtime nvidia-container-runtime-hook nvidia-container-runtime-facts nvidia-ctk; do
     install -m 0755 "$REPO/target/release/$bin" "$CARRY/bin/$bin"
 done
 
