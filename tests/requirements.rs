@@ -249,7 +249,7 @@ fn a_warm_cache_opens_no_driver_library() {
             &env,
         );
         let log = setup.tmp.path().join(format!("{name}.strace"));
-        let runtime = runtime_command(
+        let mut runtime = runtime_command(
             Path::new(RUNTIME),
             &setup.state_root,
             &bundle,
@@ -259,19 +259,13 @@ fn a_warm_cache_opens_no_driver_library() {
                 ("FAKE_NVML_DEV_ROOT", dev_root),
             ],
         );
-        let mut traced = std::process::Command::new(&strace);
-        traced
-            .args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
-            .arg(&log)
-            .arg(runtime.get_program())
-            .args(runtime.get_args())
-            // `run`, not `create`: the container exits, and so closes the
-            // pipes command_output reads to their end.
+        // `run`, not `create`: the container exits, and so closes the
+        // pipes command_output reads to their end.
+        runtime
             .args(["run", "--bundle"])
             .arg(&bundle.dir)
-            .arg(unique_id(name))
-            .envs(runtime.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .stdin(std::process::Stdio::null());
+            .arg(unique_id(name));
+        let traced = strace_command(&strace, "trace=open,openat,openat2", &log, &runtime);
         command_output(traced).assert_success(name);
         fs::read_to_string(&log)
             .unwrap()

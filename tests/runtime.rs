@@ -1003,18 +1003,12 @@ fn a_gpu_create_rewrites_config_json_without_syncing() {
     // `command` under strace, following children; what it synced.
     let sync_calls = |name: &str, command: &Command| {
         let log = world.tmp.path().join(format!("{name}.strace"));
-        let mut traced = Command::new(&strace);
-        traced
-            .args(["-f", "-qq", "-o"])
-            .arg(&log)
-            .args([
-                "-e",
-                "trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync",
-            ])
-            .arg(command.get_program())
-            .args(command.get_args())
-            .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
-            .stdin(Stdio::null());
+        let traced = strace_command(
+            &strace,
+            "trace=fsync,fdatasync,syncfs,sync,sync_file_range,msync",
+            &log,
+            command,
+        );
         let out = command_output(traced);
         out.assert_success(name);
         fs::read_to_string(&log).unwrap()

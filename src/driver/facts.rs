@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 
 use super::facts_cache::{DriverIdentity, FactsCache, FileIdentity, GpuFacts};
-use super::facts_helper::{ask, encode, Query};
+use super::facts_helper::{ask_beside_self, encode, Query};
 use super::Driver;
 use crate::request::{Capabilities, Capability};
 use crate::requirements::Facts;
@@ -139,9 +139,11 @@ pub struct HostFacts<'a> {
     cache_dir: Option<PathBuf>,
     /// The cache, read on first use.
     cache: Option<FactsCache>,
-    /// The helper process that asks the driver's libraries
-    /// ([`super::facts_helper`]); `None`: this process loads them itself.
-    helper: Option<PathBuf>,
+    /// Ask the helper process next to this program
+    /// ([`super::facts_helper`]) rather than load the driver's libraries
+    /// here. Its path is looked up only when a question is asked: a start
+    /// that needs no fact pays nothing for it.
+    use_helper: bool,
 }
 
 impl<'a> HostFacts<'a> {
@@ -155,17 +157,17 @@ impl<'a> HostFacts<'a> {
             gpu_facts: Vec::new(),
             cache_dir: None,
             cache: None,
-            helper: None,
+            use_helper: false,
         }
     }
 
     /// The runtime's and the hook's facts: cached in `state_dir` between
     /// processes, and what the cache lacks asked of the `helper` process
     /// (static binaries load no library themselves).
-    pub fn for_runtime(driver: &'a Driver, state_dir: &Path, helper: PathBuf) -> HostFacts<'a> {
+    pub fn for_runtime(driver: &'a Driver, state_dir: &Path) -> HostFacts<'a> {
         HostFacts {
             cache_dir: Some(state_dir.to_path_buf()),
-            helper: Some(helper),
+            use_helper: true,
             ..HostFacts::new(driver)
         }
     }
@@ -175,16 +177,21 @@ impl<'a> HostFacts<'a> {
     fn cache(&mut self) -> Option<&mut FactsCache> {
         if self.cache.is_none() {
             let dir = self.cache_dir.as_ref()?;
+            // One listing of the driver root's libraries for both files.
+            let capabilities: Capabilities = [Capability::Compute, Capability::Utility]
+                .into_iter()
+                .collect();
+            let libraries = self.driver.libraries(capabilities).unwrap_or_default();
+            let identity_of = |soname: &str| {
+                libraries
+                    .iter()
+                    .find(|library| library.soname == soname)
+                    .and_then(|library| FileIdentity::of(&library.host_path))
+            };
             let identity = DriverIdentity {
                 kernel_module: self.driver.version.clone(),
-                libcuda: self
-                    .library_path("libcuda.so.1", Capability::Compute)
-                    .ok()
-                    .and_then(|path| FileIdentity::of(&path)),
-                nvml: self
-                    .library_path("libnvidia-ml.so.1", Capability::Utility)
-                    .ok()
-                    .and_then(|path| FileIdentity::of(&path)),
+                libcuda: identity_of("libcuda.so.1"),
+                nvml: identity_of("libnvidia-ml.so.1"),
             };
             self.cache = Some(FactsCache::load(dir, identity));
         }
@@ -282,8 +289,8 @@ impl<'a> HostFacts<'a> {
 
     /// A MIG device by its `MIG-...` UUID.
     pub fn mig_by_uuid(&mut self, uuid: &str) -> Result<MigInfo, String> {
-        if let Some(helper) = &self.helper {
-            return ask(helper, &self.driver.roots, &Query::MigByUuid(uuid.into()));
+        if self.use_helper {
+            return ask_beside_self(&self.driver.roots, &Query::MigByUuid(uuid.into()));
         }
         let nvml = self.nvml()?;
         let mig = Self::handle_by_uuid(nvml, uuid)?;
@@ -306,9 +313,9 @@ impl<'a> HostFacts<'a> {
         parent_uuid: &str,
         index: u32,
     ) -> Result<Option<MigInfo>, String> {
-        if let Some(helper) = &self.helper {
+        if self.use_helper {
             let query = Query::MigByIndex(parent_uuid.into(), index);
-            return ask(helper, &self.driver.roots, &query);
+            return ask_beside_self(&self.driver.roots, &query);
         }
         let nvml = self.nvml()?;
         let parent = Self::handle_by_uuid(nvml, parent_uuid)?;
@@ -334,9 +341,9 @@ impl<'a> HostFacts<'a> {
     /// NVML's indices may have holes (a destroyed instance frees its slot),
     /// so every slot up to `nvmlDeviceGetMaxMigDeviceCount` is asked.
     pub fn mig_devices(&mut self, parent_uuid: &str) -> Result<Vec<(u32, MigInfo)>, String> {
-        if let Some(helper) = &self.helper {
+        if self.use_helper {
             let query = Query::MigDevices(parent_uuid.into());
-            return ask(helper, &self.driver.roots, &query);
+            return ask_beside_self(&self.driver.roots, &query);
         }
         let nvml = self.nvml()?;
         let parent = Self::handle_by_uuid(nvml, parent_uuid)?;
@@ -381,8 +388,8 @@ impl<'a> HostFacts<'a> {
     }
 
     fn load_cuda_version(&self) -> Result<String, String> {
-        if let Some(helper) = &self.helper {
-            return ask(helper, &self.driver.roots, &Query::CudaVersion);
+        if self.use_helper {
+            return ask_beside_self(&self.driver.roots, &Query::CudaVersion);
         }
         let path = self.library_path("libcuda.so.1", Capability::Compute)?;
         tracing::info!("loading {} for cuDriverGetVersion", path.display());
@@ -459,8 +466,9 @@ impl<'a> HostFacts<'a> {
 
     /// A GPU's compute capability and brand, from NVML.
     fn load_gpu_facts(&mut self, uuid: &str) -> Result<(String, String), String> {
-        if let Some(helper) = &self.helper {
-            let facts: GpuFacts = ask(helper, &self.driver.roots, &Query::GpuFacts(uuid.into()))?;
+        if self.use_helper {
+            let facts: GpuFacts =
+                ask_beside_self(&self.driver.roots, &Query::GpuFacts(uuid.into()))?;
             return Ok((facts.arch, facts.brand));
         }
         let nvml = self.nvml()?;

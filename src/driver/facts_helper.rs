@@ -148,6 +148,14 @@ pub fn ask<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// [`ask`] of the helper next to the running program.
+pub fn ask_beside_self<T: for<'de> Deserialize<'de>>(
+    roots: &Roots,
+    query: &Query,
+) -> Result<T, String> {
+    ask(&helper_beside_self(), roots, query)
+}
+
 /// The helper next to the running program (`/proc/self/exe`'s dir), where
 /// the package installs it beside the runtime and the hook.
 pub fn helper_beside_self() -> PathBuf {

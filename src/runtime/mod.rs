@@ -190,11 +190,7 @@ pub fn container_edits(
     let driver = Driver::discover(Roots::from_config(config)).map_err(EditsError::from)?;
     // NVML and libcuda are loaded only if a MIG device or a requirement
     // term asks for a fact the cache does not hold.
-    let mut facts = HostFacts::for_runtime(
-        &driver,
-        state_dir,
-        crate::driver::facts_helper::helper_beside_self(),
-    );
+    let mut facts = HostFacts::for_runtime(&driver, state_dir);
     let selection = select_devices(&driver, request, &mut facts)?;
     if request.disable_require {
         tracing::info!("requirement checks disabled");

@@ -346,3 +346,17 @@ pub fn command_output(mut command: Command) -> RunOutput {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// `command` (program, args, the env it sets) run under `strace -f -qq -e
+/// <trace> -o <log>`, children followed, stdin null.
+pub fn strace_command(strace: &Path, trace: &str, log: &Path, command: &Command) -> Command {
+    let mut traced = Command::new(strace);
+    traced
+        .args(["-f", "-qq", "-e", trace, "-o"])
+        .arg(log)
+        .arg(command.get_program())
+        .args(command.get_args())
+        .envs(command.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .stdin(Stdio::null());
+    traced
+}
