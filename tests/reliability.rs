@@ -54,7 +54,8 @@ impl World {
     fn create(&self, bundle_dir: &Path, id: &str, timeout: Duration) -> Option<RunOutput> {
         let stdout = self.tmp.path().join(format!("{id}.stdout"));
         let stderr = self.tmp.path().join(format!("{id}.stderr"));
-        let mut child = Command::new(RUNTIME)
+        let mut child = generation()
+            .command(RUNTIME)
             .arg("--root")
             .arg(&self.state_root)
             .arg("--log")
@@ -79,7 +80,8 @@ impl World {
 
     /// Whether runc knows container `id` (it must not after a failed create).
     fn container_exists(&self, id: &str) -> bool {
-        Command::new(runc_path())
+        generation()
+            .command(runc_path())
             .arg("--root")
             .arg(&self.state_root)
             .args(["state", id])
@@ -91,7 +93,8 @@ impl World {
     }
 
     fn force_delete(&self, id: &str) {
-        let _ = Command::new(runc_path())
+        let _ = generation()
+            .command(runc_path())
             .arg("--root")
             .arg(&self.state_root)
             .args(["delete", "--force", id])
@@ -508,7 +511,8 @@ fn sigkill_while_rewriting_config_json_leaves_the_old_or_the_new_file() {
         fs::write(&staging, &old).unwrap();
         fs::rename(&staging, &config).unwrap();
         let delay = Duration::from_micros(rng.below(full.as_micros() as u64 * 12 / 10));
-        let mut child = Command::new(RUNTIME)
+        let mut child = generation()
+            .command(RUNTIME)
             .args(["create", "--bundle"])
             .arg(&dir)
             .arg(unique_id("k"))
@@ -825,7 +829,7 @@ fn the_driver_disappearing_between_discovery_and_start() {
     fs::remove_file(world.driver.dev_path(&node_name)).unwrap();
     let started = output_with_timeout(
         {
-            let mut c = Command::new(RUNTIME);
+            let mut c = generation().command(RUNTIME);
             c.arg("--root")
                 .arg(&world.state_root)
                 .args(["start", &id])

@@ -178,10 +178,17 @@ impl Subcommand {
 /// with the state's pid as the container sees it; a prestart hook runs in
 /// the runtime's namespaces, and the pid is the runtime's child: only that
 /// one is entered (by pidfd), never a process we cannot tie to the runtime.
+/// crun runs createContainer hooks from the container's init and passes
+/// pid 0 there.
 fn enter(system: &dyn System, state: &State) -> Result<(BundleSpec, OwnedFd, PathBuf), HookError> {
     let spec = BundleSpec::read(&state.bundle)?;
     let rootfs = spec.rootfs();
-    let runtime_root = match super::inject::check_container(system, state.pid) {
+    // pid 0: crun's createContainer, already in the container's namespace.
+    let container = match state.pid {
+        0 => Err(()),
+        pid => super::inject::check_container(system, pid).map_err(drop),
+    };
+    let runtime_root = match container {
         Ok(container) => {
             system
                 .enter_mount_namespace_of(container.pidfd.as_fd())
@@ -452,7 +459,7 @@ pub fn main(
     super::scrub_loader_environment(argv)?;
     super::harden_process()?;
     let parsed = Subcommand::parse(subcommand, args)?;
-    let state = State::read(&mut std::io::stdin().lock())?;
+    let state = State::read_at_create_container(&mut std::io::stdin().lock())?;
     let config = super::load_config(None, |key| std::env::var(key).ok())?;
     crate::logging::init_debug_log(
         &config.nvidia_container_runtime.debug,

@@ -524,6 +524,10 @@ impl FakeDriver {
         writeln!(text, "sys-root = {}", toml_str(&self.sys_root)).unwrap();
         writeln!(text, "debug = {}", toml_str(&self.debug_log_path())).unwrap();
         writeln!(text, "log-level = \"debug\"").unwrap();
+        if !extra_runtime_keys.contains("runtimes =") {
+            // The low-level runtime under test (NCR_TEST_LOW_LEVEL).
+            text.push_str(&generation().runtimes_key());
+        }
         if !extra_runtime_keys.is_empty() {
             text.push_str(extra_runtime_keys);
             if !extra_runtime_keys.ends_with('\n') {

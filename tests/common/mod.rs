@@ -11,6 +11,7 @@
 mod artifacts;
 mod bundle;
 mod fake_driver;
+mod generation;
 mod podman;
 mod procfs;
 mod rootfs;
@@ -20,7 +21,8 @@ mod world;
 // Each test file uses its share of these; `use common::*` gives it all.
 #[allow(unused_imports)]
 pub use {
-    artifacts::*, bundle::*, fake_driver::*, podman::*, procfs::*, rootfs::*, run::*, world::*,
+    artifacts::*, bundle::*, fake_driver::*, generation::*, podman::*, procfs::*, rootfs::*,
+    run::*, world::*,
 };
 
 use std::collections::hash_map::DefaultHasher;

@@ -46,7 +46,7 @@ pub fn runtime_command(
     bundle: &Bundle,
     env: &[(&str, &str)],
 ) -> Command {
-    let mut cmd = Command::new(runtime);
+    let mut cmd = generation().command(runtime);
     cmd.arg("--root")
         .arg(state_root)
         .arg("--log")
@@ -74,7 +74,10 @@ pub fn run_container(
     cmd.arg("run").arg("--bundle").arg(&bundle.dir).arg(id);
     let output = output_with_timeout(cmd, RUN_TIMEOUT);
     match output {
-        Some(out) => out,
+        Some(mut out) => {
+            out.stderr.push_str(&bundle.hook_stderr());
+            out
+        }
         None => {
             force_delete(runtime, state_root, bundle, id, env);
             panic!(
@@ -102,7 +105,9 @@ pub fn create_start_delete(
     let read_outputs = |status: i32, extra: &str| RunOutput {
         status,
         stdout: fs::read_to_string(&stdout_path).unwrap_or_default(),
-        stderr: fs::read_to_string(&stderr_path).unwrap_or_default() + extra,
+        stderr: fs::read_to_string(&stderr_path).unwrap_or_default()
+            + extra
+            + &bundle.hook_stderr(),
     };
 
     let mut create = runtime_command(runtime, state_root, bundle, env);
@@ -310,9 +315,11 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// Path of `runc`; panics with a clear message if it is missing.
+/// Path of the low-level runtime the tests run as "plain runc": runc, or
+/// crun with `NCR_TEST_LOW_LEVEL=crun`, of this process's generation (see
+/// [`generation`]); panics with a clear message if it is missing.
 pub fn runc_path() -> PathBuf {
-    find_in_path("runc").expect("runc is not installed: apt-get install -y runc")
+    generation().low_level_path()
 }
 
 /// A fresh temp dir (removed on drop).
@@ -348,11 +355,13 @@ pub fn command_output(mut command: Command) -> RunOutput {
 }
 
 /// `command` (program, args, the env it sets) run under `strace -f -qq -e
-/// <trace> -o <log>`, children followed, stdin null.
+/// <trace> -e signal=none -o <log>`, children followed (the rig runs its
+/// programs through a shell: its children's SIGCHLD are not the trace),
+/// stdin null.
 pub fn strace_command(strace: &Path, trace: &str, log: &Path, command: &Command) -> Command {
     let mut traced = Command::new(strace);
     traced
-        .args(["-f", "-qq", "-e", trace, "-o"])
+        .args(["-f", "-qq", "-e", "signal=none", "-e", trace, "-o"])
         .arg(log)
         .arg(command.get_program())
         .args(command.get_args())
