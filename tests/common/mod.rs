@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod bundle;
+pub mod cri;
 mod fake_driver;
 mod generation;
 mod podman;
