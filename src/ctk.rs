@@ -250,4 +250,12 @@ pub struct ConfigureArgs {
     /// Take our entry (and a default-runtime naming it) out again.
     #[arg(long, alias = "remove")]
     pub uninstall: bool,
+    /// Let the engine resolve CDI names itself: containerd's `enable_cdi`
+    /// (the CRI's CDIDevices), dockerd's `features.cdi`.
+    #[arg(long = "cdi.enabled", alias = "enable-cdi")]
+    pub cdi_enabled: bool,
+    /// containerd: the pod annotations passed to our runtime
+    /// (`container_annotations`); repeat it, or give an empty value for none.
+    #[arg(long = "container-annotation", value_name = "GLOB", default_values_t = configure::DEFAULT_CONTAINER_ANNOTATIONS.iter().map(|s| s.to_string()).collect::<Vec<_>>())]
+    pub container_annotations: Vec<String>,
 }

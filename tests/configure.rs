@@ -393,6 +393,47 @@ fn containerd_new_files_v2_and_v3() {
     );
 }
 
+/// `--cdi.enabled`: the CRI section's `enable_cdi` (v2 and v3 plugin
+/// names), dockerd's `features.cdi`; `--container-annotation=` writes none.
+#[test]
+fn cdi_enabled_and_container_annotations() {
+    let tmp = TempDir::new("cfg-cdi-enabled");
+    for (version, plugin) in [
+        ("2", "io.containerd.grpc.v1.cri"),
+        ("3", "io.containerd.cri.v1.runtime"),
+    ] {
+        let config = tmp.path().join(format!("v{version}/config.toml"));
+        configure_ok(&[
+            "--runtime=containerd",
+            &format!("--config={}", config.display()),
+            &format!("--config-version={version}"),
+            "--cdi.enabled",
+            "--container-annotation=",
+        ]);
+        let drop_in =
+            fs::read_to_string(tmp.path().join(format!("v{version}/conf.d/99-nvidia.toml")))
+                .unwrap();
+        let doc: toml::Table = drop_in.parse().unwrap();
+        let section = &doc["plugins"][plugin];
+        assert_eq!(section["enable_cdi"].as_bool(), Some(true), "{drop_in}");
+        let entry = &section["containerd"]["runtimes"]["nvidia"];
+        assert!(entry.get("container_annotations").is_none(), "{drop_in}");
+    }
+    let daemon_json = tmp.path().join("daemon.json");
+    fs::write(&daemon_json, "{\"features\": {\"buildkit\": true}}").unwrap();
+    configure_ok(&[
+        "--runtime=docker",
+        &format!("--config={}", daemon_json.display()),
+        "--cdi.enabled",
+    ]);
+    let written: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&daemon_json).unwrap()).unwrap();
+    assert_eq!(
+        written["features"],
+        serde_json::json!({"buildkit": true, "cdi": true})
+    );
+}
+
 #[test]
 fn crio_drop_in_and_main_file() {
     golden_case("crio-drop-in", None, "crio.conf", &["--runtime=crio"]);

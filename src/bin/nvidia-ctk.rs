@@ -59,6 +59,12 @@ fn runtime_configure(args: ConfigureArgs) -> anyhow::Result<()> {
     options.drop_in_path = args.drop_in_path;
     options.containerd_config_version = args.config_version;
     options.uninstall = args.uninstall;
+    options.enable_cdi = args.cdi_enabled;
+    options.container_annotations = args
+        .container_annotations
+        .into_iter()
+        .filter(|glob| !glob.is_empty())
+        .collect();
 
     let plan = configure::plan(&options)?;
     if args.dry_run {

@@ -140,6 +140,9 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
         } else {
             let runtimes = table_at(doc.as_table_mut(), &runtimes_keys, &mut Walk::new(&path))?;
             set_containerd_runtime(runtimes, options, &path)?;
+            if options.enable_cdi {
+                enable_cdi(&mut doc, plugin, &path)?;
+            }
             if options.set_as_default {
                 let containerd =
                     table_at(doc.as_table_mut(), &containerd_keys, &mut Walk::new(&path))?;
@@ -301,12 +304,59 @@ fn set_containerd_runtime(
         .and_then(Item::as_table_like)
         .and_then(first_key_indent);
     walk.keys.push(name.to_string());
+    add_container_annotations(entry, &options.container_annotations, &walk)?;
     let options_table = table_at(entry, &["options"], &mut walk)?;
     let path_text = options.runtime_path.to_string_lossy();
     let new_key = options_table.get(binary_key).is_none();
     set_str(options_table, binary_key, &path_text);
     if let (true, Some(indent)) = (new_key, indent) {
         if let Some(mut key) = options_table.key_mut(binary_key) {
+            key.leaf_decor_mut().set_prefix(indent);
+        }
+    }
+    Ok(())
+}
+
+/// `enable_cdi = true` in the CRI plugin's section (containerd 1.7+ and
+/// 2.x read it there; containerd 2.x's default is already true, 1.7's false).
+fn enable_cdi(doc: &mut DocumentMut, plugin: &str, path: &Path) -> Result<()> {
+    let section = table_at(
+        doc.as_table_mut(),
+        &["plugins", plugin],
+        &mut Walk::new(path),
+    )?;
+    if section.get("enable_cdi").and_then(Item::as_bool) != Some(true) {
+        section.insert("enable_cdi", toml_edit::value(true));
+    }
+    Ok(())
+}
+
+/// Adds each of `annotations` missing from the entry's
+/// `container_annotations` (the admin's own stay, in their order).
+fn add_container_annotations(
+    entry: &mut dyn TableLike,
+    annotations: &[String],
+    walk: &Walk,
+) -> Result<()> {
+    if annotations.is_empty() {
+        return Ok(());
+    }
+    let new_key = entry.get("container_annotations").is_none();
+    let indent = first_key_indent(entry);
+    let item = entry
+        .entry("container_annotations")
+        .or_insert(toml_edit::value(Array::new()));
+    let Some(array) = item.as_array_mut() else {
+        return Err(walk.shape("container_annotations", item, "an array of strings"));
+    };
+    for annotation in annotations {
+        if !array.iter().any(|v| v.as_str() == Some(annotation)) {
+            array.push(annotation.as_str());
+        }
+    }
+    // A new key lines up with the entry's others (runtime_type).
+    if let (true, Some(indent)) = (new_key, indent) {
+        if let Some(mut key) = entry.key_mut("container_annotations") {
             key.leaf_decor_mut().set_prefix(indent);
         }
     }
@@ -368,6 +418,9 @@ fn containerd_drop_in(
         &mut Walk::new(path),
     )?;
     set_containerd_runtime(runtimes, options, path)?;
+    if options.enable_cdi {
+        enable_cdi(&mut doc, plugin, path)?;
+    }
     if options.set_as_default {
         let containerd = table_at(
             doc.as_table_mut(),

@@ -127,6 +127,15 @@ pub fn edit_docker(text: &str, path: &Path, options: &Options) -> Result<(String
                 args.unwrap_or_else(|| Json::Array(Vec::new())),
             );
         }
+        if options.enable_cdi {
+            let features = root
+                .entry("features")
+                .or_insert_with(|| Json::Object(Map::new()));
+            let Json::Object(features) = features else {
+                return Err(shape_error("features".to_string(), features));
+            };
+            features.insert("cdi".to_string(), Json::Bool(true));
+        }
         if options.set_as_default
             && root.get("default-runtime").and_then(Json::as_str) != Some(name.as_str())
         {

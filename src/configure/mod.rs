@@ -130,7 +130,20 @@ pub struct Options {
     pub containerd_config_version: Option<i64>,
     /// Take our entry out again instead of adding it.
     pub uninstall: bool,
+    /// Let the engine resolve CDI device names itself: containerd's CRI
+    /// `enable_cdi = true` (CRI `CDIDevices`; with it off containerd ignores
+    /// them silently), dockerd's `features.cdi = true` (on by default from
+    /// docker 28). `nvidia-ctk runtime configure --cdi.enabled`, as NVIDIA's.
+    pub enable_cdi: bool,
+    /// containerd: the pod annotations the CRI passes to our runtime entry
+    /// (`container_annotations`), so that CDI requests made as annotations
+    /// (the device plugin's cdi-annotations strategy) reach us. NVIDIA's
+    /// default: `cdi.k8s.io/*`, from its default annotation prefix.
+    pub container_annotations: Vec<String>,
 }
+
+/// The CRI annotations containerd passes to our runtime by default.
+pub const DEFAULT_CONTAINER_ANNOTATIONS: &[&str] = &["cdi.k8s.io/*"];
 
 impl Options {
     /// Options with the defaults for `engine`.
@@ -145,6 +158,11 @@ impl Options {
             drop_in_path: None,
             containerd_config_version: None,
             uninstall: false,
+            enable_cdi: false,
+            container_annotations: DEFAULT_CONTAINER_ANNOTATIONS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 
