@@ -7,6 +7,14 @@
 //! beside a system daemon and beside each other. Images are imported from
 //! a local rootfs; no registry, `--network=none` (or host networking).
 //!
+//! Each test runs once per engine generation (tests/common/generation.rs):
+//! Debian 12's packages on the host (docker 20.10, containerd 1.6, podman
+//! 4.3) and Debian sid's in the rig's root (docker 28, containerd 2.1,
+//! podman 5.8), the same body with the checks only one generation can do
+//! gated on it; each prints its engine's version and fails on an unexpected
+//! major. What a generation cannot do here is printed as "not possible
+//! here", with the engine's own error.
+//!
 //! Skips (loudly) only when not root; with `CI` set a missing engine fails.
 mod common;
 
@@ -32,9 +40,13 @@ const INSTALL: &str = "apt-get install -y docker.io containerd podman runc busyb
 /// Root and the tools. Not root: a loud skip (a failure in CI). Root
 /// without a tool: a failure that says what to install (issue 5: these
 /// tests skip only when not running as root).
-fn require(tools: &[&str]) -> Option<Vec<PathBuf>> {
-    if !require_root() {
+fn require(generation: Generation, tools: &[&str]) -> Option<Vec<PathBuf>> {
+    if !require_generation(generation) {
         return None;
+    }
+    if generation.engines == Engines::Sid {
+        // In the rig's root, which the rig checked when it built it.
+        return Some(tools.iter().map(PathBuf::from).collect());
     }
     let found = tools
         .iter()
@@ -81,9 +93,50 @@ impl Gpus {
         assert_sees_only_gpu(&self.driver, stdout, index, &[], what);
     }
 
+    /// [`Gpus::assert_sees_only`] for a container given GPU `index` from the
+    /// generated CDI spec, whose common edits also hold `nvidia-modeset`
+    /// (as NVIDIA's spec does).
+    fn assert_sees_only_from_spec(&self, stdout: &str, index: usize, what: &str) {
+        assert_sees_only_gpu(&self.driver, stdout, index, &["nvidia-modeset"], what);
+    }
+
     fn debug_log(&self) -> String {
         fs::read_to_string(self.driver.debug_log_path()).unwrap_or_default()
     }
+
+    /// `nvidia-ctk cdi generate --output <spec_dir>/nvidia.yaml` for the
+    /// fake driver (the engines' own CDI reads that dir); the spec's path.
+    fn generate_cdi_spec(&self, spec_dir: &Path) -> PathBuf {
+        fs::create_dir_all(spec_dir).unwrap();
+        let spec = spec_dir.join("nvidia.yaml");
+        run(Command::new(CTK)
+            .args(["cdi", "generate", "--output"])
+            .arg(&spec)
+            .env("NVIDIA_CTK_CONFIG_FILE_PATH", &self.config)
+            // The fake NVML finds the fake GPUs here.
+            .env("FAKE_NVML_DEV_ROOT", &self.driver.dev_root));
+        spec
+    }
+
+    /// A copy of the generated spec as one made before a driver upgrade
+    /// would be: kind `nvidia.com/stale`, every driver file named with a
+    /// version no longer installed.
+    fn write_stale_spec(&self, spec: &Path) -> PathBuf {
+        let text = fs::read_to_string(spec).unwrap();
+        assert!(text.contains(DRIVER_VERSION), "{text}");
+        let stale = text
+            .replace("kind: nvidia.com/gpu", "kind: nvidia.com/stale")
+            .replace(DRIVER_VERSION, "999.1.2");
+        let path = spec.with_file_name("nvidia-stale.yaml");
+        fs::write(&path, stale).unwrap();
+        path
+    }
+}
+
+/// Prints a cell of the engine x feature table that cannot run here, with
+/// the engine's own words.
+fn not_possible(generation: Generation, what: &str, why: &str) {
+    eprintln!("{generation}: {what}: not possible here: {why}");
 }
 
 /// A rootfs (see tests/common) as a tar for `docker import`/`podman import`.
@@ -216,6 +269,7 @@ impl Drop for Daemon {
 
 struct Docker {
     daemon: Daemon,
+    generation: Generation,
     cli: PathBuf,
     host: String,
     client_config: PathBuf,
@@ -225,9 +279,14 @@ impl Docker {
     /// dockerd with its own data-root, exec-root and socket, and no
     /// networking of its own (engines.md: a bare machine has no iptables
     /// to spare).
-    fn start(dir: &Path, daemon_json: &Path, env: &[(String, String)], cli: &Path) -> Docker {
+    fn start(
+        generation: Generation,
+        dir: &Path,
+        daemon_json: &Path,
+        env: &[(String, String)],
+    ) -> Docker {
         let socket = dir.join("docker.sock");
-        let mut cmd = Command::new(find_in_path("dockerd").expect("dockerd"));
+        let mut cmd = generation.command("dockerd");
         cmd.arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
@@ -244,7 +303,8 @@ impl Docker {
         fs::create_dir_all(&client_config).unwrap();
         let mut docker = Docker {
             daemon,
-            cli: cli.to_path_buf(),
+            generation,
+            cli: docker_cli(generation),
             host: format!("unix://{}", socket.display()),
             client_config,
         };
@@ -262,7 +322,7 @@ impl Docker {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.cli);
+        let mut cmd = self.generation.command(&self.cli);
         cmd.arg("--host")
             .arg(&self.host)
             .args(args)
@@ -280,9 +340,13 @@ impl Docker {
     }
 }
 
-/// The docker CLI of the docker.io package (a newer static client may be
-/// first on PATH; both work, the package's is the one we test with).
-fn docker_cli() -> PathBuf {
+/// The docker CLI of the generation's docker.io package (on the host a
+/// newer static client may be first on PATH; the package's is the one we
+/// test with, as testing.md says).
+fn docker_cli(generation: Generation) -> PathBuf {
+    if generation.engines == Engines::Sid {
+        return PathBuf::from("/usr/bin/docker");
+    }
     let packaged = Path::new("/usr/bin/docker");
     if packaged.exists() {
         return packaged.to_path_buf();
@@ -291,20 +355,50 @@ fn docker_cli() -> PathBuf {
 }
 
 #[test]
-fn dockerd_end_to_end() {
-    let Some(_) = require(&["dockerd", "containerd", "runc"]) else {
+fn dockerd_end_to_end_debian12() {
+    dockerd_end_to_end(Generation::DEBIAN12);
+}
+
+#[test]
+fn dockerd_end_to_end_sid() {
+    dockerd_end_to_end(Generation::SID);
+}
+
+/// dockerd in a cgroup v2 namespace (it warns that it cannot find the cpu
+/// and memory controllers: only hugetlb is free for v2 here).
+#[test]
+fn dockerd_end_to_end_debian12_cgroup_v2() {
+    dockerd_end_to_end(Generation::DEBIAN12.on_cgroup_v2());
+}
+
+#[test]
+fn dockerd_end_to_end_sid_cgroup_v2() {
+    dockerd_end_to_end(Generation::SID.on_cgroup_v2());
+}
+
+fn dockerd_end_to_end(generation: Generation) {
+    let Some(_) = require(generation, &["dockerd", "containerd", "runc"]) else {
         return;
     };
-    let cli = docker_cli();
+    generation.check_version("dockerd");
+    generation.check_version_at("docker", &docker_cli(generation));
     let tmp = TempDir::new("e2e-docker");
     let dir = tmp.path();
     let gpus = Gpus::new(dir);
     let env = gpus.daemon_env();
+    // Docker's own CDI (docker 25+, on by default from 28) reads the spec
+    // dirs of daemon.json; docker 20.10 refuses an unknown key there.
+    let docker_has_cdi = generation.engines == Engines::Sid;
+    let spec_dir = dir.join("cdi");
 
     // The admin's daemon.json before we come: configure merges into it.
     let daemon_json = dir.join("daemon.json");
-    fs::write(&daemon_json, "{\n  \"log-level\": \"warn\"\n}\n").unwrap();
-    let mut docker = Docker::start(dir, &daemon_json, &env, &cli);
+    let admins = match docker_has_cdi {
+        true => json!({"log-level": "warn", "cdi-spec-dirs": [spec_dir]}),
+        false => json!({"log-level": "warn"}),
+    };
+    fs::write(&daemon_json, serde_json::to_string_pretty(&admins).unwrap()).unwrap();
+    let mut docker = Docker::start(generation, dir, &daemon_json, &env);
     let image_tar = rootfs_tar(dir, RootfsKind::Glibc { ldconfig: false });
     docker
         .run(&["import", &image_tar.display().to_string(), "ncr-gpu:latest"])
@@ -329,6 +423,92 @@ fn dockerd_end_to_end() {
             gpus.driver.smi_output(indices),
             "docker run --gpus {flag} on plain runc\n{}",
             gpus.debug_log()
+        );
+    }
+
+    // Docker's own CDI with the spec `nvidia-ctk cdi generate` wrote: plain
+    // runc, the devices and our hooks from the spec.
+    if docker_has_cdi {
+        let spec = gpus.generate_cdi_spec(&spec_dir);
+        gpus.write_stale_spec(&spec);
+        for (device, indices) in [
+            ("nvidia.com/gpu=0", &[0usize][..]),
+            ("nvidia.com/gpu=all", &[0, 1][..]),
+        ] {
+            let out = docker.run(&[
+                "run",
+                "--rm",
+                "--network=none",
+                "--device",
+                device,
+                "ncr-gpu",
+                "nvidia-smi",
+                "-L",
+            ]);
+            out.assert_success(&format!("docker run --device {device} ({generation})"));
+            assert_eq!(
+                out.stdout,
+                gpus.driver.smi_output(indices),
+                "--device {device}"
+            );
+        }
+        // What a user sees for a GPU the spec does not have, and for a spec
+        // left from a driver that is gone.
+        let unknown = docker.run(&[
+            "run",
+            "--rm",
+            "--network=none",
+            "--device",
+            "nvidia.com/gpu=9",
+            "ncr-gpu",
+            "true",
+        ]);
+        assert!(!unknown.success(), "{unknown:?}");
+        assert!(
+            unknown
+                .stderr
+                .contains("unresolvable CDI devices nvidia.com/gpu=9"),
+            "{}",
+            unknown.stderr
+        );
+        eprintln!(
+            "{generation}: docker run --device nvidia.com/gpu=9: {}",
+            unknown.stderr.trim()
+        );
+        let stale = docker.run(&[
+            "run",
+            "--rm",
+            "--network=none",
+            "--device",
+            "nvidia.com/stale=0",
+            "ncr-gpu",
+            "true",
+        ]);
+        assert!(!stale.success(), "{stale:?}");
+        assert!(
+            stale.stderr.contains("999.1.2"),
+            "the error names the missing file: {}",
+            stale.stderr
+        );
+        eprintln!(
+            "{generation}: docker run --device nvidia.com/stale=0 (a spec of a removed driver): {}",
+            stale.stderr.trim()
+        );
+    } else {
+        let out = docker.run(&[
+            "run",
+            "--rm",
+            "--network=none",
+            "--device",
+            "nvidia.com/gpu=0",
+            "ncr-gpu",
+            "true",
+        ]);
+        assert!(!out.success(), "docker 20.10 has no CDI, yet: {out:?}");
+        not_possible(
+            generation,
+            "docker run --device nvidia.com/gpu=0 (Docker's CDI)",
+            out.stderr.trim(),
         );
     }
 
@@ -403,7 +583,14 @@ fn dockerd_end_to_end() {
         ])
         .env(
             "NV_DOCKER",
-            format!("{} --host {}", cli.display(), docker.host),
+            match generation.engines {
+                Engines::Debian12 => format!("{} --host {}", docker.cli.display(), docker.host),
+                Engines::Sid => format!(
+                    "{RIG} enter -- {} --host {}",
+                    docker.cli.display(),
+                    docker.host
+                ),
+            },
         )
         .env("NV_GPU", "1")
         .env("DOCKER_CONFIG", &docker.client_config);
@@ -416,7 +603,7 @@ fn dockerd_end_to_end() {
     assert!(out.contains("systemctl restart docker"), "{out}");
     docker.daemon.stop();
     drop(docker);
-    let docker = Docker::start(dir, &daemon_json, &env, &cli);
+    let docker = Docker::start(generation, dir, &daemon_json, &env);
     assert!(
         docker.runtimes().trim_end().ends_with(" nvidia"),
         "{}",
@@ -564,10 +751,19 @@ const GPU_IMAGE: &str = "docker.io/library/ncr-gpu:latest";
 const PAUSE_IMAGE: &str = "docker.io/library/ncr-pause:latest";
 
 /// The admin's containerd config: its own root, state and sockets, the
-/// sandbox image imported locally, runc with an option ours must copy.
-fn containerd_config(dir: &Path) -> String {
-    format!(
-        r#"# the admin's containerd config (test)
+/// sandbox image imported locally, runc with an option ours must copy. In
+/// the config version of the generation's containerd: 2 for 1.6, 3 for 2.x
+/// (whose CRI is split into the `cri.v1.images` and `cri.v1.runtime`
+/// plugins), with the test's CDI spec dir for containerd's own CDI.
+fn containerd_config(generation: Generation, dir: &Path) -> String {
+    let root = dir.join("root");
+    let state = dir.join("state");
+    let socket = dir.join("containerd.sock");
+    let cni = dir.join("cni");
+    let cdi = dir.join("cdi");
+    match generation.engines {
+        Engines::Debian12 => format!(
+            r#"# the admin's containerd config (test)
 version = 2
 root = "{root}"
 state = "{state}"
@@ -592,71 +788,131 @@ state = "{state}"
       bin_dir = "{cni}/bin"
       conf_dir = "{cni}/conf"
 "#,
-        root = dir.join("root").display(),
-        state = dir.join("state").display(),
-        socket = dir.join("containerd.sock").display(),
-        cni = dir.join("cni").display(),
-    )
+            root = root.display(),
+            state = state.display(),
+            socket = socket.display(),
+            cni = cni.display(),
+        ),
+        Engines::Sid => format!(
+            r#"# the admin's containerd config (test)
+version = 3
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{socket}"
+
+[plugins]
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    [plugins."io.containerd.cri.v1.images".pinned_images]
+      sandbox = "{PAUSE_IMAGE}" # local, no registry here
+  [plugins."io.containerd.cri.v1.runtime"]
+    # This machine withholds CAP_SYS_RESOURCE (see the version 2 config).
+    restrict_oom_score_adj = true
+    cdi_spec_dirs = ["{cdi}"]
+    [plugins."io.containerd.cri.v1.runtime".containerd]
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+    [plugins."io.containerd.cri.v1.runtime".cni]
+      bin_dirs = ["{cni}/bin"]
+      conf_dir = "{cni}/conf"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_port = "0"
+"#,
+            root = root.display(),
+            state = state.display(),
+            socket = socket.display(),
+            cni = cni.display(),
+            cdi = cdi.display(),
+        ),
+    }
+}
+
+/// The CRI plugin that holds the runtimes in the generation's config.
+fn cri_runtime_plugin(generation: Generation) -> &'static str {
+    match generation.engines {
+        Engines::Debian12 => "io.containerd.grpc.v1.cri",
+        Engines::Sid => "io.containerd.cri.v1.runtime",
+    }
 }
 
 #[test]
-fn containerd_reads_our_drop_in_with_the_admins_settings() {
-    let Some(_) = require(&["containerd"]) else {
+fn containerd_reads_our_drop_in_with_the_admins_settings_debian12() {
+    containerd_reads_our_drop_in_with_the_admins_settings(Generation::DEBIAN12);
+}
+
+#[test]
+fn containerd_reads_our_drop_in_with_the_admins_settings_sid() {
+    containerd_reads_our_drop_in_with_the_admins_settings(Generation::SID);
+}
+
+fn containerd_reads_our_drop_in_with_the_admins_settings(generation: Generation) {
+    let Some(_) = require(generation, &["containerd"]) else {
         return;
     };
+    generation.check_version("containerd");
     let tmp = TempDir::new("e2e-ctd-dump");
     let config = tmp.path().join("config.toml");
-    fs::write(&config, containerd_config(tmp.path())).unwrap();
+    fs::write(&config, containerd_config(generation, tmp.path())).unwrap();
     configure(&[
         "--runtime=containerd",
         &format!("--config={}", config.display()),
     ]);
-    let dump = run(Command::new("containerd")
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "dump"]));
+    let mut dump = generation.command("containerd");
+    dump.arg("--config").arg(&config).args(["config", "dump"]);
+    // containerd 2 prints single-quoted keys and strings.
+    let dump = run(&mut dump).replace('\'', "\"");
+    let plugin = cri_runtime_plugin(generation);
     let runtime = format!("BinaryName = \"{RUNTIME}\"");
+    let ours = format!("[plugins.\"{plugin}\".containerd.runtimes.nvidia.options]");
+    let runc = format!("[plugins.\"{plugin}\".containerd.runtimes.runc.options]");
     for expected in [
         runtime.as_str(),
-        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia.options]",
-        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc.options]",
+        ours.as_str(),
+        runc.as_str(),
+        "container_annotations = [\"cdi.k8s.io/*\"]",
         PAUSE_IMAGE,
         "stream_server_port = \"0\"",
+        "restrict_oom_score_adj = true",
     ] {
         assert!(
             dump.contains(expected),
-            "{expected} missing from containerd's view:\n{dump}"
+            "{expected} missing from containerd's view ({generation}):\n{dump}"
         );
     }
 }
 
 struct Containerd {
     daemon: Daemon,
+    generation: Generation,
     socket: PathBuf,
 }
 
 impl Containerd {
-    fn start(dir: &Path, config: &Path, env: &[(String, String)]) -> Containerd {
-        let mut cmd = Command::new(find_in_path("containerd").expect("containerd"));
+    fn start(
+        generation: Generation,
+        dir: &Path,
+        config: &Path,
+        env: &[(String, String)],
+    ) -> Containerd {
+        let mut cmd = generation.command("containerd");
         cmd.arg("--config").arg(config);
         let mut daemon = Daemon::start("containerd", cmd, dir.join("containerd.log"), env);
         let socket = dir.join("containerd.sock");
         let probe_socket = socket.clone();
-        daemon.wait_ready(|| {
-            Command::new("ctr")
-                .arg("--address")
-                .arg(&probe_socket)
-                .arg("version")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        });
-        Containerd { daemon, socket }
+        daemon.wait_ready(|| cri::answers(&probe_socket));
+        Containerd {
+            daemon,
+            generation,
+            socket,
+        }
     }
 
     fn ctr(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = self.generation.command("ctr");
         cmd.arg("--address")
             .arg(&self.socket)
             .args(["--namespace", "k8s.io"])
@@ -666,24 +922,52 @@ impl Containerd {
 }
 
 #[test]
-fn containerd_ctr_and_cri_end_to_end() {
-    let Some(_) = require(&["containerd", "ctr", "runc"]) else {
+fn containerd_ctr_and_cri_end_to_end_debian12() {
+    containerd_ctr_and_cri_end_to_end(Generation::DEBIAN12);
+}
+
+#[test]
+fn containerd_ctr_and_cri_end_to_end_sid() {
+    containerd_ctr_and_cri_end_to_end(Generation::SID);
+}
+
+fn containerd_ctr_and_cri_end_to_end(generation: Generation) {
+    let Some(_) = require(generation, &["containerd", "ctr", "runc"]) else {
         return;
     };
+    generation.check_version("containerd");
+    // containerd resolves CRI CDIDevices itself from 1.7 on (2.x: enable_cdi
+    // on by default); 1.6's CRI has no CDI at all.
+    let containerd_has_cdi = generation.engines == Engines::Sid;
     let tmp = TempDir::new("e2e-ctd");
     let dir = tmp.path();
     let gpus = Gpus::new(dir);
+    // Our runtime's CDI mode reads the same spec dir as containerd's.
+    let spec_dir = dir.join("cdi");
+    let text = fs::read_to_string(&gpus.config).unwrap();
+    fs::write(
+        &gpus.config,
+        format!(
+            "{text}\n[nvidia-container-runtime.modes.cdi]\nspec-dirs = [\"{}\"]\n",
+            spec_dir.display()
+        ),
+    )
+    .unwrap();
+    gpus.generate_cdi_spec(&spec_dir);
     let config = dir.join("config.toml");
-    fs::write(&config, containerd_config(dir)).unwrap();
+    let admins = containerd_config(generation, dir);
+    fs::write(&config, &admins).unwrap();
     // The drop-in and the imports line, as an admin would run it.
-    let out = configure(&[
-        "--runtime=containerd",
-        &format!("--config={}", config.display()),
-    ]);
+    let config_arg = format!("--config={}", config.display());
+    let mut args = vec!["--runtime=containerd", config_arg.as_str()];
+    if containerd_has_cdi {
+        args.push("--cdi.enabled");
+    }
+    let out = configure(&args);
     assert!(out.contains("systemctl restart containerd"), "{out}");
     assert!(dir.join("conf.d/99-nvidia.toml").exists());
 
-    let containerd = Containerd::start(dir, &config, &gpus.daemon_env());
+    let containerd = Containerd::start(generation, dir, &config, &gpus.daemon_env());
     for (kind, name, entrypoint) in [
         (
             RootfsKind::Glibc { ldconfig: false },
@@ -699,9 +983,14 @@ fn containerd_ctr_and_cri_end_to_end() {
 
     // Without CRI: ctr run --runc-binary <our runtime>.
     let id = unique_id("ctr");
+    // ctr's fifos in the test's dir: under the rig every command has its
+    // own /run, and containerd's shim must find them.
+    let fifo_dir = dir.join("fifo").display().to_string();
     let ctr = output(containerd.ctr(&[
         "run",
         "--rm",
+        "--fifo-dir",
+        &fifo_dir,
         "--snapshotter",
         "overlayfs",
         "--runc-binary",
@@ -717,22 +1006,158 @@ fn containerd_ctr_and_cri_end_to_end() {
     ctr.assert_success("ctr run --runc-binary");
     gpus.assert_sees_only(&ctr.stdout, 1, "ctr run --runc-binary");
 
-    // Kubernetes: the runtime handler `nvidia` that configure wrote.
+    // Kubernetes: the runtime handler `nvidia` that configure wrote, which
+    // the CRI's status lists (kubelet's node.status.runtimeHandlers).
+    let handlers = cri::runtime_handlers(&containerd.socket)
+        .unwrap_or_else(|e| panic!("CRI Status: {e}\n{}", containerd.daemon.log_text()));
+    if generation.engines == Engines::Sid {
+        assert!(handlers.iter().any(|h| h == "nvidia"), "{handlers:?}");
+    } else {
+        assert!(handlers.is_empty(), "{handlers:?}");
+        not_possible(
+            generation,
+            "the CRI status's runtime handlers",
+            "containerd 1.6's Status has no runtime_handlers (CRI API 1.30)",
+        );
+    }
     let logs = dir.join("pod-logs");
-    fs::create_dir_all(&logs).unwrap();
-    let output = cri::run_pod(
-        &containerd.socket,
-        &logs,
-        GPU_IMAGE,
-        "nvidia",
-        &["NVIDIA_VISIBLE_DEVICES=1"],
-    )
-    .unwrap_or_else(|e| panic!("CRI: {e}\n{}", containerd.daemon.log_text()));
+    let pod = |name: &str, pod: cri::Pod| {
+        let log_dir = logs.join(name);
+        fs::create_dir_all(&log_dir).unwrap();
+        cri::run(&containerd.socket, &log_dir, &pod)
+            .unwrap_or_else(|e| panic!("CRI {name}: {e}\n{}", containerd.daemon.log_text()))
+    };
+    let output = pod(
+        "envvar",
+        cri::Pod::new(GPU_IMAGE, "nvidia").env(&["NVIDIA_VISIBLE_DEVICES=1"]),
+    );
     gpus.assert_sees_only(
         &output,
         1,
         "CRI RunPodSandbox(runtime_handler=nvidia) + container",
     );
+
+    // A CDI request as a pod annotation: containerd passes it to our runtime
+    // through the entry's container_annotations.
+    let mut annotated = cri::Pod::new(GPU_IMAGE, "nvidia");
+    annotated
+        .annotations
+        .push(("cdi.k8s.io/ncr-test".into(), "nvidia.com/gpu=1".into()));
+    let output = pod("annotation", annotated);
+    gpus.assert_sees_only_from_spec(
+        &output,
+        1,
+        "CRI annotation cdi.k8s.io/ncr-test=nvidia.com/gpu=1",
+    );
+
+    // CRI CDIDevices (the device plugin's cdi-cri strategy), under plain
+    // runc: containerd itself applies the spec.
+    let mut cdi_pod = cri::Pod::new(GPU_IMAGE, "");
+    cdi_pod.cdi_devices.push("nvidia.com/gpu=0".into());
+    cdi_pod.command = ["sh", "-c", "ls /dev | grep -c '^nvidia[0-9]' || true"]
+        .map(String::from)
+        .to_vec();
+    let output = pod("cdi-devices", cdi_pod.clone());
+    if containerd_has_cdi {
+        cdi_pod.command.clear();
+        let output = pod("cdi-devices-smi", cdi_pod);
+        gpus.assert_sees_only_from_spec(&output, 0, "CRI CDIDevices nvidia.com/gpu=0 on runc");
+    } else {
+        assert_eq!(
+            output.trim(),
+            "0",
+            "containerd 1.6 applied CDIDevices: {output}"
+        );
+        not_possible(
+            generation,
+            "CRI CDIDevices",
+            "containerd 1.6's CRI ignores the field (the container got no GPU node)",
+        );
+    }
+
+    // --uninstall gives the admin's config back, byte for byte.
+    drop(containerd);
+    let out = configure(&["--runtime=containerd", &config_arg, "--uninstall"]);
+    assert!(out.contains("restart containerd"), "{out}");
+    assert_eq!(fs::read_to_string(&config).unwrap(), admins);
+    assert!(!dir.join("conf.d/99-nvidia.toml").exists());
+}
+
+/// containerd in a cgroup v2 namespace: `ctr run` works once it asks for no
+/// CPU shares (only hugetlb is free for v2 here), the CRI does not (its
+/// sandbox writes cpu.weight): the test prints the CRI's error, and fails if
+/// the CRI starts working, so that the cell gets tested then.
+#[test]
+fn containerd_on_cgroup_v2_debian12() {
+    containerd_on_cgroup_v2(Generation::DEBIAN12.on_cgroup_v2());
+}
+
+#[test]
+fn containerd_on_cgroup_v2_sid() {
+    containerd_on_cgroup_v2(Generation::SID.on_cgroup_v2());
+}
+
+fn containerd_on_cgroup_v2(generation: Generation) {
+    let Some(_) = require(generation, &["containerd", "ctr", "runc"]) else {
+        return;
+    };
+    generation.check_version("containerd");
+    let tmp = TempDir::new("e2e-ctd-v2");
+    let dir = tmp.path();
+    let gpus = Gpus::new(dir);
+    let config = dir.join("config.toml");
+    fs::write(&config, containerd_config(generation, dir)).unwrap();
+    configure(&[
+        "--runtime=containerd",
+        &format!("--config={}", config.display()),
+    ]);
+    let containerd = Containerd::start(generation, dir, &config, &gpus.daemon_env());
+    for (kind, name, entrypoint) in [
+        (
+            RootfsKind::Glibc { ldconfig: false },
+            GPU_IMAGE,
+            &["sh"][..],
+        ),
+        (RootfsKind::Busybox, PAUSE_IMAGE, &["sleep", "1000000"][..]),
+    ] {
+        let archive = oci_archive(dir, kind, name, entrypoint)
+            .display()
+            .to_string();
+        run(&mut containerd.ctr(&["image", "import", "--snapshotter", "overlayfs", &archive]));
+    }
+    let fifo_dir = dir.join("fifo").display().to_string();
+    let id = unique_id("ctr-v2");
+    let ctr = output(containerd.ctr(&[
+        "run",
+        "--rm",
+        "--fifo-dir",
+        &fifo_dir,
+        "--snapshotter",
+        "overlayfs",
+        "--cpu-shares",
+        "0",
+        "--runc-binary",
+        RUNTIME,
+        "--env",
+        "NVIDIA_VISIBLE_DEVICES=1",
+        GPU_IMAGE,
+        &id,
+        "sh",
+        "-c",
+        GPU_SCRIPT,
+    ]));
+    ctr.assert_success(&format!("ctr run --runc-binary ({generation})"));
+    gpus.assert_sees_only(&ctr.stdout, 1, "ctr run --runc-binary on cgroup v2");
+
+    let logs = dir.join("pod-logs");
+    fs::create_dir_all(&logs).unwrap();
+    let pod = cri::Pod::new(GPU_IMAGE, "nvidia").env(&["NVIDIA_VISIBLE_DEVICES=1"]);
+    match cri::run(&containerd.socket, &logs, &pod) {
+        Ok(output) => panic!(
+            "the CRI now runs pods on this machine's cgroup v2: make this cell a real test\n{output}"
+        ),
+        Err(error) => not_possible(generation, "a CRI pod on cgroup v2", &error.to_string()),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -740,13 +1165,37 @@ fn containerd_ctr_and_cri_end_to_end() {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn podman_end_to_end() {
-    let Some(_) = require(&["podman", "runc"]) else {
+fn podman_end_to_end_debian12() {
+    podman_end_to_end(Generation::DEBIAN12);
+}
+
+#[test]
+fn podman_end_to_end_sid() {
+    podman_end_to_end(Generation::SID);
+}
+
+#[test]
+fn podman_end_to_end_debian12_cgroup_v2() {
+    podman_end_to_end(Generation::DEBIAN12.on_cgroup_v2());
+}
+
+#[test]
+fn podman_end_to_end_sid_cgroup_v2() {
+    podman_end_to_end(Generation::SID.on_cgroup_v2());
+}
+
+fn podman_end_to_end(generation: Generation) {
+    let Some(_) = require(generation, &["podman", "runc"]) else {
         return;
     };
+    generation.check_version("podman");
+    // podman 5's containers.conf names CDI spec dirs (4.3 reads only the
+    // system dirs: tests/cdi_hooks.rs runs it there), and its --gpus is CDI.
+    let podman_5 = generation.engines == Engines::Sid;
     let tmp = TempDir::new("e2e-podman");
     let dir = tmp.path();
     let gpus = Gpus::new(dir);
+    let spec_dir = dir.join("cdi");
     // podman does not pass its environment to the runtime (conmon gets
     // only LC_*, XDG_RUNTIME_DIR, HOME, ...), unlike dockerd and
     // containerd: a two-line wrapper points our runtime at the fake driver.
@@ -764,9 +1213,13 @@ fn podman_end_to_end() {
     // containers.conf written by configure, read by podman through
     // CONTAINERS_CONF: `--runtime nvidia` names our entry.
     let containers_conf = dir.join("containers.conf");
+    let cdi_dirs = match podman_5 {
+        true => format!("cdi_spec_dirs = [\"{}\"]\n", spec_dir.display()),
+        false => String::new(),
+    };
     fs::write(
         &containers_conf,
-        "# the admin's settings\n[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n",
+        format!("# the admin's settings\n[engine]\nevents_logger = \"file\"\ncgroup_manager = \"cgroupfs\"\n{cdi_dirs}"),
     )
     .unwrap();
     run(Command::new(CTK).args([
@@ -776,8 +1229,14 @@ fn podman_end_to_end() {
         &format!("--config={}", containers_conf.display()),
         &format!("--nvidia-runtime-path={wrapper_path}"),
     ]));
+    // In cgroup v2 mode only hugetlb is free here: no pids controller for
+    // podman's default limit (testing.md).
+    let run_flags: Vec<&str> = match generation.cgroup {
+        CgroupMode::V1 => PODMAN_RUN.to_vec(),
+        CgroupMode::V2 => [&PODMAN_RUN[..], &["--pids-limit=0"]].concat(),
+    };
     let podman = |args: &[&str]| {
-        let mut cmd = podman_command(dir, &containers_conf);
+        let mut cmd = podman_command_in(generation, dir, &containers_conf);
         cmd.args(args);
         for (key, value) in gpus.daemon_env() {
             cmd.env(key, value);
@@ -791,11 +1250,11 @@ fn podman_end_to_end() {
         &image_tar.display().to_string(),
         "localhost/ncr-gpu:latest",
     ]));
-    // PODMAN_RUN asks for ulimits this machine allows.
+    // run_flags (PODMAN_RUN) ask for ulimits this machine allows.
     for runtime in [wrapper_path.as_str(), "nvidia"] {
         let out = output(podman(
             &[
-                &PODMAN_RUN[..],
+                &run_flags[..],
                 &[
                     "--runtime",
                     runtime,
@@ -811,6 +1270,54 @@ fn podman_end_to_end() {
         ));
         out.assert_success(&format!("podman run --runtime {runtime}"));
         gpus.assert_sees_only(&out.stdout, 1, &format!("podman run --runtime {runtime}"));
+    }
+
+    // CDI with the spec `nvidia-ctk cdi generate` wrote: `--device`, and
+    // podman 5's `--gpus`, which asks CDI for nvidia.com/gpu=<list>.
+    if podman_5 {
+        gpus.generate_cdi_spec(&spec_dir);
+        for (flags, indices) in [
+            (&["--device", "nvidia.com/gpu=0"][..], &[0usize][..]),
+            (&["--gpus", "all"][..], &[0, 1][..]),
+        ] {
+            let args = [
+                &run_flags[..],
+                flags,
+                &["localhost/ncr-gpu:latest", "nvidia-smi", "-L"],
+            ]
+            .concat();
+            let out = output(podman(&args));
+            out.assert_success(&format!("podman run {flags:?} ({generation})"));
+            assert_eq!(
+                out.stdout,
+                gpus.driver.smi_output(indices),
+                "podman run {flags:?}"
+            );
+        }
+    } else {
+        let args = [
+            &run_flags[..],
+            &[
+                "--runtime=runc",
+                "--gpus",
+                "all",
+                "localhost/ncr-gpu:latest",
+            ],
+            &["sh", "-c", "ls /dev | grep -c nvidia || true"],
+        ]
+        .concat();
+        let out = output(podman(&args));
+        out.assert_success("podman 4.3 run --gpus all");
+        assert_eq!(
+            out.stdout.trim(),
+            "0",
+            "podman 4.3 gave a GPU for --gpus: {out:?}"
+        );
+        not_possible(
+            generation,
+            "podman run --gpus all",
+            "podman 4.3 accepts --gpus and ignores it (the container has no GPU node); CDI --device works there (tests/cdi_hooks.rs)",
+        );
     }
 
     // hooks.d: the package's file (precreate, gated on the annotation), with
@@ -833,7 +1340,7 @@ fn podman_end_to_end() {
     let hooks_arg = format!("--hooks-dir={}", hooks_dir.display());
     let podman_run = |extra: &[&str], script: &str| {
         let mut args = vec![hooks_arg.as_str()];
-        args.extend_from_slice(&PODMAN_RUN);
+        args.extend_from_slice(&run_flags);
         args.push("--runtime=runc");
         args.extend_from_slice(extra);
         args.extend_from_slice(&["localhost/ncr-gpu:latest", "sh", "-c", script]);

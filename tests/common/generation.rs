@@ -140,6 +140,14 @@ impl Generation {
         low_level: LowLevel::Runc,
     };
 
+    /// This generation in cgroup v2 mode.
+    pub const fn on_cgroup_v2(self) -> Generation {
+        Generation {
+            cgroup: CgroupMode::V2,
+            ..self
+        }
+    }
+
     /// A command that runs `program` in this generation: directly, or
     /// through the rig (the sid root and/or a cgroup2 namespace). `program`
     /// is a path valid on the host (the rig binds the tests' paths, and the
@@ -247,4 +255,68 @@ fn crun_without_cgroups(crun: &Path) -> PathBuf {
         fs::rename(&partial, &wrapper).expect("publish the crun wrapper");
     }
     wrapper
+}
+
+impl Generation {
+    /// The major version this generation's `engine` must have: Debian 12
+    /// ships docker 20.10, containerd 1.6, podman 4.3; sid docker 28,
+    /// containerd 2, podman 5 (the rig checks the same for sid's root).
+    pub fn expected_major(&self, engine: &str) -> &'static str {
+        match (self.engines, engine) {
+            (Engines::Debian12, "dockerd" | "docker") => "20",
+            (Engines::Debian12, "containerd" | "ctr") => "1",
+            (Engines::Debian12, "podman") => "4",
+            (Engines::Sid, "dockerd" | "docker") => "28",
+            (Engines::Sid, "containerd" | "ctr") => "2",
+            (Engines::Sid, "podman") => "5",
+            (_, other) => panic!("no expected version for {other}"),
+        }
+    }
+
+    /// Runs `<engine> --version` here, prints the version, and fails unless
+    /// its major is [`Generation::expected_major`]'s (sid moves: a new major
+    /// must be looked at, not tested by accident). Returns the version.
+    pub fn check_version(&self, engine: &str) -> String {
+        self.check_version_at(engine, Path::new(engine))
+    }
+
+    /// [`Generation::check_version`] of `engine` run as `program` (a path:
+    /// the host's PATH may have another build first).
+    pub fn check_version_at(&self, engine: &str, program: &Path) -> String {
+        let mut command = self.command(program);
+        command.arg("--version");
+        let out = command_output(command);
+        out.assert_success(&format!("{engine} --version ({self})"));
+        let version = out
+            .stdout
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .find(|word| word.contains('.') && word.starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or_else(|| panic!("no version in `{engine} --version`: {}", out.stdout))
+            .trim_end_matches('.')
+            .to_string();
+        let major = self.expected_major(engine);
+        eprintln!("{self}: {engine} {version}");
+        assert!(
+            version.split('.').next() == Some(major),
+            "{engine} {version} in the {self} generation: expected major {major}; \
+             update tests/common/generation.rs and tests/newer-engines/rig.sh after checking what changed"
+        );
+        version
+    }
+}
+
+/// Root, and for sid the rig's root: a loud skip otherwise (a failure in
+/// CI, where `.ci/run` builds the root first).
+pub fn require_generation(generation: Generation) -> bool {
+    if !require_root() {
+        return false;
+    }
+    if generation.engines == Engines::Sid && !sid_root_ready() {
+        skip(&format!(
+            "the sid root {} is not built: run {RIG} build",
+            sid_root().display()
+        ));
+        return false;
+    }
+    true
 }

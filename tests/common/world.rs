@@ -165,7 +165,14 @@ pub fn tree_snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 /// config from `containers_conf`: a test never touches the host's podman.
 #[allow(dead_code)] // Only the podman tests use it.
 pub fn podman_command(dir: &Path, containers_conf: &Path) -> Command {
-    let mut cmd = Command::new("podman");
+    podman_command_in(Generation::DEBIAN12, dir, containers_conf)
+}
+
+/// [`podman_command`] with the podman of `generation`.
+pub fn podman_command_in(generation: Generation, dir: &Path, containers_conf: &Path) -> Command {
+    let mut cmd = generation.command("podman");
+    // podman 5 warns on every command that cgroup v1 is deprecated.
+    cmd.env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1");
     cmd.arg("--root")
         .arg(dir.join("storage"))
         .arg("--runroot")
