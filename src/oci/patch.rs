@@ -251,6 +251,26 @@ mod tests {
         }
     }
 
+    /// Numbers in fields we do not own survive the rewrite exactly: the
+    /// fuzzer found a 62-digit integer whose default (not correctly rounded)
+    /// parse, printed and parsed again, moved by more than one ulp; with
+    /// serde_json's `float_roundtrip` it does not move at all.
+    #[test]
+    fn large_and_fractional_numbers_survive_a_rewrite_exactly() {
+        let text = format!(
+            r#"{{"\\":1{}, "f":0.30000000000000004, "e":2.2250738585072014e-308}}"#,
+            "2".repeat(61)
+        );
+        let input: Value = serde_json::from_str(&text).unwrap();
+        let patched = apply(&input, &edits(), Path::new("/b/config.json")).unwrap();
+        let written = serde_json::to_string(&patched).unwrap();
+        let reread: Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(reread, patched);
+        for key in ["\\", "f", "e"] {
+            assert_eq!(patched[key], input[key], "{key}");
+        }
+    }
+
     #[test]
     fn unknown_fields_survive_and_order_is_kept() {
         let spec: Value = serde_json::from_str(
