@@ -139,7 +139,9 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
             remove_containerd_entry(&mut doc, &runtimes_keys, &containerd_keys, options);
         } else {
             let runtimes = table_at(doc.as_table_mut(), &runtimes_keys, &mut Walk::new(&path))?;
-            set_containerd_runtime(runtimes, options, &path)?;
+            for (name, binary) in options.entries() {
+                set_containerd_runtime(runtimes, name, binary, options, &path)?;
+            }
             if options.enable_cdi {
                 enable_cdi(&mut doc, plugin, &path)?;
             }
@@ -251,7 +253,9 @@ fn remove_containerd_entry(
     options: &Options,
 ) {
     if let Some(runtimes) = existing_table_at(doc.as_table_mut(), runtimes_keys) {
-        runtimes.remove(&options.runtime_name);
+        for (name, _) in options.entries() {
+            runtimes.remove(name);
+        }
     }
     if let Some(containerd) = existing_table_at(doc.as_table_mut(), containerd_keys) {
         if containerd
@@ -270,10 +274,11 @@ fn remove_containerd_entry(
 /// keeps everything the admin set in it but the binary.
 fn set_containerd_runtime(
     runtimes: &mut dyn TableLike,
+    name: &str,
+    binary: &Path,
     options: &Options,
     path: &Path,
 ) -> Result<()> {
-    let name = options.runtime_name.as_str();
     if runtimes.get(name).is_none() {
         let entry = match runtimes.get("runc") {
             Some(runc) if runc.is_table_like() => fresh_copy(runc),
@@ -306,7 +311,7 @@ fn set_containerd_runtime(
     walk.keys.push(name.to_string());
     add_container_annotations(entry, &options.container_annotations, &walk)?;
     let options_table = table_at(entry, &["options"], &mut walk)?;
-    let path_text = options.runtime_path.to_string_lossy();
+    let path_text = binary.to_string_lossy();
     let new_key = options_table.get(binary_key).is_none();
     set_str(options_table, binary_key, &path_text);
     if let (true, Some(indent)) = (new_key, indent) {
@@ -417,7 +422,9 @@ fn containerd_drop_in(
         &["plugins", plugin, "containerd", "runtimes"],
         &mut Walk::new(path),
     )?;
-    set_containerd_runtime(runtimes, options, path)?;
+    for (name, binary) in options.entries() {
+        set_containerd_runtime(runtimes, name, binary, options, path)?;
+    }
     if options.enable_cdi {
         enable_cdi(&mut doc, plugin, path)?;
     }
