@@ -82,7 +82,12 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
             // the admin edited it, and they should hear about it first.
             parse_toml(text, &drop_in_path)?;
         }
-        let import = drop_in_glob(&drop_in_path);
+        let import = drop_in_glob(
+            options
+                .drop_in_host_path
+                .as_deref()
+                .unwrap_or(&drop_in_path),
+        );
         let drop_in_after = if options.uninstall {
             None
         } else {

@@ -126,6 +126,11 @@ pub struct Options {
     /// The drop-in file; `None`: `conf.d/99-nvidia.toml` (containerd) or
     /// `crio.conf.d/99-nvidia.toml` (CRI-O) next to the main file.
     pub drop_in_path: Option<PathBuf>,
+    /// containerd: the drop-in's path as containerd sees it, for the
+    /// `imports` line, when this program sees it elsewhere (NVIDIA's
+    /// RUNTIME_DROP_IN_CONFIG_HOST_PATH: the installer's container mounts
+    /// the host's conf.d at another path). `None`: `drop_in_path`.
+    pub drop_in_host_path: Option<PathBuf>,
     /// containerd: the version of a config file that does not exist yet (or
     /// is empty). `None`: 2, the version of containerd 1.x.
     pub containerd_config_version: Option<i64>,
@@ -163,6 +168,7 @@ impl Options {
             set_as_default: false,
             drop_in: None,
             drop_in_path: None,
+            drop_in_host_path: None,
             containerd_config_version: None,
             uninstall: false,
             enable_cdi: false,
