@@ -176,6 +176,15 @@ pub fn config_text(settings: &Settings, toolkit: &Path, name: &str, runtimes: &[
         }
         cdi.insert("annotation-prefixes", toml_edit::value(list));
     }
+    // The runtime must read the specs where this installer writes them
+    // (NVIDIA's default dirs, with CDI_OUTPUT_DIR in place of the second).
+    let output = settings.cdi_output_dir.display().to_string();
+    if output != "/var/run/cdi" {
+        let mut dirs = Array::new();
+        dirs.push("/etc/cdi");
+        dirs.push(output.as_str());
+        cdi.insert("spec-dirs", toml_edit::value(dirs));
+    }
     if !cdi.is_empty() {
         let mut modes = Table::new();
         modes.set_implicit(true);
