@@ -52,6 +52,9 @@ fn tools() -> Option<PathBuf> {
 struct Supervised {
     pids: Arc<Mutex<Vec<u32>>>,
     stop: Arc<AtomicBool>,
+    /// While set, an exited containerd is not started again (a supervisor
+    /// that gave up, or a node whose containerd crash-loops).
+    hold: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     socket: PathBuf,
     log: PathBuf,
@@ -61,9 +64,10 @@ impl Supervised {
     fn start(binary: &Path, config: &Path, dir: &Path, env: Vec<(String, String)>) -> Supervised {
         let pids = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicBool::new(false));
         let log = dir.join("containerd.log");
         let (binary, config, log_path) = (binary.to_path_buf(), config.to_path_buf(), log.clone());
-        let (thread_pids, thread_stop) = (pids.clone(), stop.clone());
+        let (thread_pids, thread_stop, thread_hold) = (pids.clone(), stop.clone(), hold.clone());
         let thread = std::thread::spawn(move || {
             while !thread_stop.load(Ordering::SeqCst) {
                 let log = fs::OpenOptions::new()
@@ -103,15 +107,23 @@ impl Supervised {
                 }
                 // systemd's RestartSec, shortened.
                 std::thread::sleep(Duration::from_millis(100));
+                while thread_hold.load(Ordering::SeqCst) && !thread_stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         });
         Supervised {
             pids,
             stop,
+            hold,
             thread: Some(thread),
             socket: dir.join("containerd.sock"),
             log,
         }
+    }
+
+    fn hold(&self, hold: bool) {
+        self.hold.store(hold, Ordering::SeqCst);
     }
 
     fn started(&self) -> Vec<u32> {
@@ -523,6 +535,10 @@ fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm() {
         "config.toml after cleanup\n{log_text}"
     );
     assert!(!node.drop_in().exists(), "the drop-in is still there");
+    assert!(
+        !node.host.join("etc/containerd/config.toml.bak").exists(),
+        "the backup made while installing is still there"
+    );
     assert!(!node.host.join("run/nvidia/toolkit/toolkit.pid").exists());
     assert_eq!(node.containerd.started().len(), 3, "{log_text}");
     node.containerd.wait_answers();
@@ -649,4 +665,83 @@ fn secure_pair_idempotent_rerun_rollback_and_cdi() {
         node.driver.smi_output(&[0, 1]),
         "nvidia-cdi: management.nvidia.com/gpu=all"
     );
+
+    // Before the driver's module is loaded (a driver container still
+    // starting), the runtime wrappers exec the low-level runtime: a pod
+    // still starts, without GPUs, as under NVIDIA's wrappers.
+    fs::remove_file(node.driver.proc_root.join("modules")).unwrap();
+    let mut pod = cri::Pod::new(GPU_IMAGE, "nvidia").env(&["NVIDIA_VISIBLE_DEVICES=all"]);
+    pod.command = vec!["sh".into(), "-c".into(), NO_GPU_SCRIPT.into()];
+    let out = node.pod(&pod);
+    assert_no_gpu(&out, "no nvidia module: the wrapper's fallback to runc");
+
+    // An installer killed before its cleanup leaves our entries behind;
+    // the next one finds nothing to change, and its SIGTERM must still
+    // take them out (there are no previous bytes of its own to restore).
+    let pids = node.containerd.started();
+    let log = node.dir.join("installer-again.log");
+    let mut installer = node
+        .installer(
+            INSTALLER,
+            &[
+                ("CDI_ENABLED", "true"),
+                ("NVIDIA_RUNTIME_SET_AS_DEFAULT", "false"),
+                (
+                    "NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND",
+                    "management.nvidia.com/gpu",
+                ),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start the installer");
+    wait_for_line(&log, "waiting for SIGTERM", &mut installer);
+    assert_eq!(node.containerd.started(), pids, "restarted on a no-op run");
+    let pid = nix::unistd::Pid::from_raw(installer.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_with_deadline(&mut installer, DEADLINE).expect("installer exit");
+    let log_text = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}\n{log_text}");
+    assert!(!node.drop_in().exists(), "{log_text}");
+    assert_eq!(
+        fs::read_to_string(&node.config).unwrap(),
+        containerd_config(&node.dir),
+        "{log_text}"
+    );
+    assert_eq!(
+        node.containerd.started().len(),
+        pids.len() + 1,
+        "{log_text}"
+    );
+    node.containerd.wait_answers();
+}
+
+/// containerd exits on the SIGHUP and does not come back in time: the
+/// installer puts the previous bytes back (so that the engine's next
+/// start, whenever its supervisor makes it, reads the config it ran on)
+/// and fails.
+#[test]
+fn an_engine_that_does_not_come_back_gets_its_old_config() {
+    let Some(containerd) = tools() else { return };
+    let node = Node::start("installer-silent", containerd);
+    let before = fs::read(&node.config).unwrap();
+    node.containerd.hold(true);
+    let out = node.install_once(&[("RUNTIME_READY_TIMEOUT", "3")]);
+    assert!(
+        !out.success(),
+        "installed with a silent engine:\n{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("did not answer"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("previous config was put back"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read(&node.config).unwrap(), before);
+    assert!(!node.drop_in().exists());
+    node.containerd.hold(false);
+    node.containerd.wait_answers();
+    assert_eq!(node.containerd.started().len(), 2);
 }

@@ -577,23 +577,35 @@ pub fn cleanup(
     registration: &engine::Registration,
     say: &dyn Fn(&str),
 ) -> Result<()> {
+    let options = engine::options(settings, target, toolkit);
     if target.engine == Engine::Crio {
-        let options = engine::options(settings, target, toolkit);
         let plan =
             crate::configure::unset_crio_default(&options).map_err(InstallerError::Configure)?;
         if plan.is_noop() {
             return Ok(());
         }
         crate::configure::apply(&plan).map_err(InstallerError::Configure)?;
+        say("unset CRI-O's default runtime; our handlers stay (CRI-O cannot stop pods whose handler is gone)");
+    } else if registration.changed() {
+        engine::restore(registration)?;
+        for snapshot in &registration.snapshots {
+            say(&format!("restored {}", snapshot.path.display()));
+        }
     } else {
-        if !registration.changed() {
-            say("nothing of ours to take out: the engine config was already as it is");
+        // This run found our entries already there (an earlier installer
+        // was killed before its cleanup): there are no previous bytes of
+        // ours, so take our entries out the way `nvidia-ctk runtime
+        // configure --uninstall` does (NVIDIA's cleanup always does).
+        let mut uninstall = options;
+        uninstall.uninstall = true;
+        let plan = crate::configure::plan(&uninstall).map_err(InstallerError::Configure)?;
+        if plan.is_noop() {
+            say("nothing of ours to take out of the engine's config");
             return Ok(());
         }
-        engine::restore(registration)?;
-    }
-    for snapshot in &registration.snapshots {
-        say(&format!("restored {}", snapshot.path.display()));
+        for applied in crate::configure::apply(&plan).map_err(InstallerError::Configure)? {
+            say(&format!("took our runtimes out: {applied:?}"));
+        }
     }
     target.restarter.restart(say)
 }
