@@ -405,31 +405,81 @@ pub fn restore(registration: &Registration) -> Result<()> {
     }
 }
 
-/// `containerd --config X config dump` must succeed and show each of our
-/// handlers. This is containerd 1.6's own parser and merge (imports, the
-/// plugin sections): 1.6's CRI Status has no runtime_handlers, so the dump
-/// is how we learn, before any restart, that containerd reads the handlers
-/// the way we meant. Returns `Ok(false)` when the binary cannot be run.
-pub fn check_containerd(settings: &Settings, config: &Path, handlers: &[&str]) -> Result<bool> {
-    let mut command = match &settings.runtime_executable {
-        // A binary the installer can run itself (tests, a host install).
-        Some(path) => Command::new(path),
-        // The host's containerd, in the host's root: the one that runs.
+/// Why the check was not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unchecked {
+    /// No containerd to run (the chroot has none, or the path is wrong).
+    NoBinary(String),
+    /// The host's path of the config is unknown: the installer sees it at
+    /// a path of its container's (RUNTIME_CONFIG=/runtime/config-dir/...)
+    /// that the host's containerd, run in the host's root, cannot open.
+    NoHostPath(PathBuf),
+}
+
+/// The command that dumps containerd's view of `config`: the binary of
+/// `RUNTIME_EXECUTABLE_PATH` run here, on `config` (its imports name host
+/// paths, so this is for an installer that sees the host's paths as they
+/// are: tests, a host install); else the host's containerd in the host's
+/// root (`chroot $HOST_ROOT_MOUNT containerd`), on the config's host path:
+/// `RUNTIME_CONFIG_HOST_PATH`, else `config` under the host root's mount
+/// with that prefix taken off.
+pub fn dump_command(settings: &Settings, config: &Path) -> Result<Command, Unchecked> {
+    let (mut command, path) = match &settings.runtime_executable {
+        Some(binary) => (Command::new(binary), config.to_path_buf()),
         None => {
+            let path = match (
+                &settings.config_host_path,
+                config.strip_prefix(&settings.host_root),
+            ) {
+                (Some(path), _) => path.clone(),
+                (None, Ok(rest)) if settings.host_root != Path::new("/") => {
+                    Path::new("/").join(rest)
+                }
+                (None, _) if settings.host_root == Path::new("/") => config.to_path_buf(),
+                (None, _) => return Err(Unchecked::NoHostPath(config.to_path_buf())),
+            };
             let mut command = Command::new("chroot");
             command.arg(&settings.host_root).arg("containerd");
-            command
+            (command, path)
         }
     };
-    command.arg("--config").arg(config).args(["config", "dump"]);
+    command.arg("--config").arg(path).args(["config", "dump"]);
+    Ok(command)
+}
+
+/// `containerd --config X config dump` must succeed and show each of our
+/// handlers. This is containerd's own parser and merge (imports, the
+/// plugin sections), run before any restart. On containerd 1.6, whose CRI
+/// Status has no runtime_handlers, it is also the only way to learn
+/// whether containerd sees the handlers the way we meant; the tests add a
+/// CRI pod of each. `Ok(Err(why))` when it could not be run.
+pub fn check_containerd(
+    settings: &Settings,
+    config: &Path,
+    handlers: &[&str],
+) -> Result<Result<(), Unchecked>> {
+    let mut command = match dump_command(settings, config) {
+        Ok(command) => command,
+        Err(why) => return Ok(Err(why)),
+    };
     let what = format!("{command:?}");
     let output = match command.output() {
         Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err(Unchecked::NoBinary(what)))
+        }
         Err(source) => {
-            return Err(InstallerError::Restart { what, source });
+            return Err(InstallerError::Spawn {
+                command: what,
+                source,
+            })
         }
     };
+    // chroot's own "cannot run the command" statuses (coreutils: 126
+    // found but not runnable, 127 not found).
+    if matches!(output.status.code(), Some(126 | 127)) && settings.runtime_executable.is_none() {
+        return Ok(Err(Unchecked::NoBinary(what)));
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         return Err(InstallerError::Refused {
@@ -447,7 +497,7 @@ pub fn check_containerd(settings: &Settings, config: &Path, handlers: &[&str]) -
             });
         }
     }
-    Ok(true)
+    Ok(Ok(()))
 }
 
 #[cfg(test)]
@@ -534,5 +584,49 @@ mod tests {
 
         assert_eq!(resolve(&settings).unwrap().flavour, Flavour::Plain);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_check_runs_on_the_hosts_path_of_the_config() {
+        let mut settings = Settings::for_tests(Engine::Containerd, Path::new("/host"));
+        settings.runtime_executable = None;
+        let args = |command: &Command| -> Vec<String> {
+            std::iter::once(command.get_program())
+                .chain(command.get_args())
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let command =
+            dump_command(&settings, Path::new("/host/etc/containerd/config.toml")).unwrap();
+        assert_eq!(
+            args(&command),
+            [
+                "chroot",
+                "/host",
+                "containerd",
+                "--config",
+                "/etc/containerd/config.toml",
+                "config",
+                "dump"
+            ]
+        );
+        let container_path = Path::new("/runtime/config-dir/config.toml");
+        assert_eq!(
+            dump_command(&settings, container_path).unwrap_err(),
+            Unchecked::NoHostPath(container_path.to_path_buf())
+        );
+        settings.config_host_path = Some(PathBuf::from("/etc/containerd/config.toml"));
+        let command = dump_command(&settings, container_path).unwrap();
+        assert_eq!(args(&command)[4], "/etc/containerd/config.toml");
+        settings.runtime_executable = Some(PathBuf::from("/usr/bin/containerd"));
+        let command = dump_command(&settings, container_path).unwrap();
+        assert_eq!(
+            args(&command)[..3],
+            [
+                "/usr/bin/containerd",
+                "--config",
+                "/runtime/config-dir/config.toml"
+            ]
+        );
     }
 }

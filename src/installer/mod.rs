@@ -47,7 +47,8 @@
 //! | `NVIDIA_RUNTIME_NAME`, `CONTAINERD_RUNTIME_CLASS`, `DOCKER_RUNTIME_NAME` | honoured, default nvidia; the others are `<name>-cdi`, `<name>-legacy` |
 //! | `NVIDIA_RUNTIME_SET_AS_DEFAULT`, `CONTAINERD_SET_AS_DEFAULT` | honoured, default true |
 //! | `RUNTIME_RESTART_MODE` (signal\|systemd\|none) | honoured; default signal, systemd for CRI-O (and microk8s), none for k0s |
-//! | `RUNTIME_EXECUTABLE_PATH` | ours differs: a containerd the installer runs itself for the check; unset: `chroot $HOST_ROOT_MOUNT containerd` |
+//! | `RUNTIME_EXECUTABLE_PATH` | ours differs: a containerd the installer runs itself for the check (`config dump`, never used as the config's source); unset: `chroot $HOST_ROOT_MOUNT containerd` on the config's host path |
+//! | `RUNTIME_CONFIG_HOST_PATH` | ours: that host path [default: `RUNTIME_CONFIG` less the `HOST_ROOT_MOUNT` prefix; neither: the check is skipped with a warning] |
 //! | `HOST_ROOT_MOUNT` | honoured, default /host |
 //! | `ROOT`, `TOOLKIT_INSTALL_DIR` | honoured, default /usr/local/nvidia |
 //! | `TOOLKIT_PID_FILE` | honoured, default /run/nvidia/toolkit/toolkit.pid |
@@ -120,6 +121,12 @@ pub enum InstallerError {
         status: String,
         stderr: String,
     },
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot restart the engine ({what}): {source}")]
     Restart {
         what: String,
@@ -191,6 +198,11 @@ pub struct Cli {
     pub restart_mode: Option<RestartMode>,
     #[arg(long, env = "RUNTIME_EXECUTABLE_PATH")]
     pub runtime_executable_path: Option<PathBuf>,
+    /// Ours: the engine's config as the host sees it, for the check run in
+    /// the host's root [default: RUNTIME_CONFIG less the HOST_ROOT_MOUNT
+    /// prefix].
+    #[arg(long, env = "RUNTIME_CONFIG_HOST_PATH")]
+    pub runtime_config_host_path: Option<PathBuf>,
     #[arg(long, env = "HOST_ROOT_MOUNT", default_value = "/host")]
     pub host_root_mount: PathBuf,
     /// [alias: TOOLKIT_INSTALL_DIR] [default: /usr/local/nvidia]
@@ -283,6 +295,7 @@ pub struct Settings {
     pub set_as_default: bool,
     pub restart_mode: Option<RestartMode>,
     pub runtime_executable: Option<PathBuf>,
+    pub config_host_path: Option<PathBuf>,
     pub host_root: PathBuf,
     pub root: PathBuf,
     pub pid_file: PathBuf,
@@ -386,6 +399,7 @@ impl Settings {
             set_as_default,
             restart_mode: cli.restart_mode,
             runtime_executable: cli.runtime_executable_path,
+            config_host_path: cli.runtime_config_host_path,
             host_root: cli.host_root_mount,
             root,
             pid_file: cli.pid_file,
@@ -544,10 +558,14 @@ pub fn register(
     let handlers: Vec<&str> = options.entries().into_iter().map(|(n, _)| n).collect();
     if target.check {
         match engine::check_containerd(settings, &target.config, &handlers) {
-            Ok(true) => say("containerd config dump lists our runtimes"),
-            Ok(false) => {
-                say("containerd cannot be run here: its config was not checked before the restart")
-            }
+            Ok(Ok(())) => say("containerd config dump lists our runtimes"),
+            Ok(Err(engine::Unchecked::NoBinary(command))) => say(&format!(
+                "warning: cannot run {command}: containerd's config was not checked before the restart (set RUNTIME_EXECUTABLE_PATH)"
+            )),
+            Ok(Err(engine::Unchecked::NoHostPath(path))) => say(&format!(
+                "warning: the host's path of {} is unknown: containerd's config was not checked before the restart (set RUNTIME_CONFIG_HOST_PATH)",
+                path.display()
+            )),
             Err(error) => {
                 engine::restore(&registration)?;
                 return Err(error);
@@ -647,8 +665,8 @@ fn generate_management_spec(settings: &Settings, toolkit: &Path) -> Result<PathB
         source: Box::new(source),
     };
     let output = command.output().map_err(|source| {
-        cdi_error(InstallerError::Restart {
-            what: what.clone(),
+        cdi_error(InstallerError::Spawn {
+            command: what.clone(),
             source,
         })
     })?;
