@@ -551,6 +551,14 @@ pub fn register(
         ));
         return Ok(engine::Registration::default());
     }
+    if target.engine == Engine::Docker
+        && settings.set_as_default
+        && target.restarter.mode == RestartMode::Signal
+    {
+        // dockerd re-reads `runtimes` on SIGHUP but `default-runtime` only
+        // at start (engines.md); NVIDIA's installer signals it all the same.
+        say("warning: dockerd applies default-runtime only when it restarts; SIGHUP reloads the runtimes alone (RUNTIME_RESTART_MODE=systemd restarts it)");
+    }
     let registration = engine::apply_plan(&plan)?;
     for snapshot in &registration.snapshots {
         say(&format!("wrote {}", snapshot.path.display()));
