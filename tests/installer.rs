@@ -442,6 +442,13 @@ fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm() {
         .pod(&cri::Pod::new(GPU_IMAGE, "nvidia").env(&[&format!("NVIDIA_VISIBLE_DEVICES={uuid}")]));
     assert_sees_only_gpu(&node.driver, &out, 1, &[], "envvar strategy");
 
+    // The nvidia-legacy handler: its wrapper's config forces mode legacy.
+    let out = node.pod(
+        &cri::Pod::new(GPU_IMAGE, "nvidia-legacy")
+            .env(&[&format!("NVIDIA_VISIBLE_DEVICES={uuid}")]),
+    );
+    assert_sees_only_gpu(&node.driver, &out, 1, &[], "nvidia-legacy handler");
+
     // cdi-annotations: the plugin's own spec (its kind, uuid names) and
     // its annotation, which reaches our runtime through
     // container_annotations.
@@ -581,9 +588,33 @@ fn secure_pair_idempotent_rerun_rollback_and_cdi() {
         "unprivileged NVIDIA_VISIBLE_DEVICES=all under the secure pair",
     );
 
-    // Nothing changed: no restart.
+    // Nothing changed: no restart. Meanwhile the toolkit is installed
+    // again, and the path every shim execs never goes missing (the new
+    // tree is swapped in with one rename, NVIDIA's runs rm -rf first).
     let pids = node.containerd.started();
+    let wrapper = node.root().join("toolkit/nvidia-container-runtime");
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (wrapper, watching) = (wrapper.clone(), watching.clone());
+        std::thread::spawn(move || {
+            let (mut looks, mut missing) = (0u64, 0u64);
+            while watching.load(Ordering::SeqCst) {
+                looks += 1;
+                if fs::metadata(&wrapper).is_err() {
+                    missing += 1;
+                }
+            }
+            (looks, missing)
+        })
+    };
     let again = node.install_once(&secure);
+    watching.store(false, Ordering::SeqCst);
+    let (looks, missing) = watcher.join().unwrap();
+    assert_eq!(
+        missing, 0,
+        "{wrapper:?} was missing {missing} of {looks} looks during a reinstall"
+    );
+    assert!(looks > 0);
     again.assert_success("second run");
     assert!(again.stderr.contains("not restarting"), "{}", again.stderr);
     assert_eq!(
