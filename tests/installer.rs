@@ -776,3 +776,179 @@ fn an_engine_that_does_not_come_back_gets_its_old_config() {
     node.containerd.wait_answers();
     assert_eq!(node.containerd.started().len(), 2);
 }
+
+/// dockerd reloads `runtimes` on SIGHUP in place (same pid): the installer
+/// registers our three runtimes in daemon.json, `docker run --runtime=nvidia`
+/// gets the GPU, and SIGTERM puts daemon.json back byte for byte.
+#[test]
+fn docker_signal_reload_and_cleanup() {
+    let Some(_) = tools() else { return };
+    let Some(dockerd) = require_tool("dockerd") else {
+        return;
+    };
+    let cli = Path::new("/usr/bin/docker");
+    let cli = if cli.exists() {
+        cli.to_path_buf()
+    } else {
+        let Some(cli) = require_tool("docker") else {
+            return;
+        };
+        cli
+    };
+    let tmp = TempDir::new("installer-docker");
+    let dir = tmp.path();
+    let host = dir.join("host");
+    let driver = FakeDriver::build(&dir.join("driver"), &FakeDriverOptions::two_gpus());
+    fs::write(driver.proc_root.join("modules"), "nvidia 1 0 - Live 0x0\n").unwrap();
+    let daemon_json = host.join("etc/docker/daemon.json");
+    fs::create_dir_all(daemon_json.parent().unwrap()).unwrap();
+    let before = "{\n  \"log-level\": \"warn\"\n}\n";
+    fs::write(&daemon_json, before).unwrap();
+    let socket = dir.join("docker.sock");
+    let log = fs::File::create(dir.join("dockerd.log")).unwrap();
+    let mut daemon = Command::new(dockerd)
+        .arg("--data-root")
+        .arg(dir.join("data"))
+        .arg("--exec-root")
+        .arg(dir.join("exec"))
+        .arg("--pidfile")
+        .arg(dir.join("dockerd.pid"))
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--config-file")
+        .arg(&daemon_json)
+        .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+        .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", dir.join("ncr-state"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start dockerd");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = wait_with_deadline(&mut self.0, Duration::from_secs(30));
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let dockerd_pid = daemon.id();
+    let client = dir.join("client");
+    fs::create_dir_all(&client).unwrap();
+    let docker = |args: &[&str]| -> RunOutput {
+        let mut cmd = Command::new(&cli);
+        cmd.arg("--host")
+            .arg(format!("unix://{}", socket.display()))
+            .args(args)
+            .env("DOCKER_CONFIG", &client)
+            .stdin(Stdio::null());
+        output_with_timeout(cmd, DEADLINE).expect("docker CLI timed out")
+    };
+    let wait_until = |what: &str, condition: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} not within {DEADLINE:?}:\n{}",
+                fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    if let Ok(Some(status)) = daemon.try_wait() {
+        panic!("dockerd exited: {status}");
+    }
+    let daemon = Kill(daemon);
+    wait_until("dockerd answers", &|| docker(&["version"]).success());
+    let rootfs = build_rootfs(&dir.join("rootfs"), RootfsKind::Glibc { ldconfig: false });
+    let tar = dir.join("rootfs.tar");
+    let out = command_output({
+        let mut cmd = Command::new("tar");
+        cmd.arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".");
+        cmd
+    });
+    out.assert_success("tar");
+    docker(&["import", &tar.display().to_string(), "ncr-gpu:latest"])
+        .assert_success("docker import");
+
+    let path = |p: &Path| p.display().to_string();
+    let log_path = dir.join("installer.log");
+    let mut installer = Command::new(INSTALLER)
+        .envs([
+            ("RUNTIME", "docker".to_string()),
+            ("DOCKER_CONFIG", path(&daemon_json)),
+            ("DOCKER_SOCKET", path(&socket)),
+            ("NVIDIA_RUNTIME_SET_AS_DEFAULT", "false".to_string()),
+            ("HOST_ROOT_MOUNT", path(&host)),
+            ("ROOT", path(&host.join("usr/local/nvidia"))),
+            (
+                "TOOLKIT_PID_FILE",
+                path(&host.join("run/nvidia/toolkit/toolkit.pid")),
+            ),
+            ("DRIVER_ROOT", path(&driver.driver_root)),
+            ("DEV_ROOT", path(&driver.dev_root)),
+            (
+                "NVIDIA_CONTAINER_RUNTIME_PROC_ROOT",
+                path(&driver.proc_root),
+            ),
+            ("NVIDIA_CONTAINER_RUNTIME_SYS_ROOT", path(&driver.sys_root)),
+            ("CDI_OUTPUT_DIR", path(&host.join("var/run/cdi"))),
+            (
+                "TOOLKIT_SOURCE_DIR",
+                path(Path::new(INSTALLER).parent().unwrap()),
+            ),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("start the installer");
+    wait_for_line(&log_path, "waiting for SIGTERM", &mut installer);
+    let runtimes = || docker(&["info", "--format", "{{json .Runtimes}}"]).stdout;
+    wait_until("dockerd lists nvidia-legacy", &|| {
+        runtimes().contains("\"nvidia-legacy\"")
+    });
+    assert!(runtimes().contains("\"nvidia-cdi\""), "{}", runtimes());
+    // Reloaded, not restarted.
+    assert_eq!(daemon.0.id(), dockerd_pid);
+    let uuid = &driver.gpus[1].uuid;
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network=none",
+        "--runtime=nvidia",
+        "-e",
+        &format!("NVIDIA_VISIBLE_DEVICES={uuid}"),
+        "ncr-gpu",
+        "sh",
+        "-c",
+        GPU_SCRIPT,
+    ]);
+    out.assert_success("docker run --runtime=nvidia");
+    assert_sees_only_gpu(&driver, &out.stdout, 1, &[], "docker run --runtime=nvidia");
+
+    let pid = nix::unistd::Pid::from_raw(installer.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = wait_with_deadline(&mut installer, DEADLINE).expect("installer exit");
+    let log_text = fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "{status}\n{log_text}");
+    assert_eq!(
+        fs::read_to_string(&daemon_json).unwrap(),
+        before,
+        "{log_text}"
+    );
+    assert_eq!(log_text.matches("sending SIGHUP").count(), 2, "{log_text}");
+    // dockerd's reload applies only the keys the file sets: a daemon.json
+    // without `runtimes` leaves the running daemon's list as it was until
+    // dockerd restarts (the entries point at the toolkit, which stays, as
+    // NVIDIA's does: toolkit#494).
+    assert!(docker(&["version"]).success());
+    assert_eq!(daemon.0.id(), dockerd_pid);
+    println!(
+        "dockerd's runtimes after the cleanup's SIGHUP: {}",
+        runtimes()
+    );
+    drop(daemon);
+}

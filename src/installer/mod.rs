@@ -613,6 +613,12 @@ pub fn cleanup(
         crate::configure::apply(&plan).map_err(InstallerError::Configure)?;
         say("unset CRI-O's default runtime; our handlers stay (CRI-O cannot stop pods whose handler is gone)");
     } else if registration.changed() {
+        if target.engine == Engine::Docker {
+            // dockerd's SIGHUP reload applies only the keys a file sets, so
+            // a daemon.json without `runtimes` leaves ours in the running
+            // daemon until it restarts (harmless: the toolkit stays).
+            say("dockerd keeps the runtimes it has until it restarts, when daemon.json no longer names any");
+        }
         engine::restore(registration)?;
         for snapshot in &registration.snapshots {
             say(&format!("restored {}", snapshot.path.display()));
