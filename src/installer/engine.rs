@@ -146,11 +146,10 @@ fn detect(
                 dir,
             });
         };
-        let text =
-            std::fs::read_to_string(&template).map_err(|source| InstallerError::Install {
-                path: template.clone(),
-                source,
-            })?;
+        let text = std::fs::read_to_string(&template).map_err(|source| InstallerError::Read {
+            path: template.clone(),
+            source,
+        })?;
         if text.contains("{{") {
             return Err(InstallerError::GoTemplate { path: template });
         }
@@ -351,7 +350,7 @@ fn snapshot(file: &FileChange) -> Result<Snapshot> {
         Ok(bytes) => Some(bytes),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => {
-            return Err(InstallerError::Install {
+            return Err(InstallerError::Read {
                 path: file.path.clone(),
                 source,
             })

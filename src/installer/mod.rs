@@ -101,6 +101,12 @@ pub enum InstallerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Install {
         path: PathBuf,
@@ -585,7 +591,11 @@ pub fn register(
         engine::restore(&registration)?;
         // The engine may be down (a crash loop under its supervisor) or
         // up on the new config: either way it must read the old one.
-        let _ = target.restarter.restart(say);
+        if let Err(again) = target.restarter.restart(say) {
+            say(&format!(
+                "{again}: the engine reads the previous config when its supervisor starts it again"
+            ));
+        }
         return Err(InstallerError::RolledBack {
             source: Box::new(error),
         });
