@@ -628,4 +628,33 @@ mod tests {
             ]
         );
     }
+
+    /// toolkit#1328, gpu-operator#188: the admin's own default runtime
+    /// (here `crun`, in a version 1 file that is edited in place) is back
+    /// after the cleanup, byte for byte, with no backup of ours left.
+    #[test]
+    fn restore_brings_back_the_admins_default_runtime() {
+        let dir = std::env::temp_dir().join(format!("ncr-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        let before = "# v1, edited in place\n[plugins.cri.containerd]\n  default_runtime_name = \"crun\"\n[plugins.cri.containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\"\n";
+        std::fs::write(&config, before).unwrap();
+        let mut settings = Settings::for_tests(Engine::Containerd, &dir);
+        settings.config = Some(config.clone());
+        let target = resolve(&settings).unwrap();
+        let options = options(&settings, &target, Path::new("/t"));
+        let plan = configure::plan(&options).unwrap();
+        let registration = apply_plan(&plan).unwrap();
+        let written = std::fs::read_to_string(&config).unwrap();
+        assert!(
+            written.contains("default_runtime_name = \"nvidia\""),
+            "{written}"
+        );
+        assert!(written.contains("runtimes.nvidia-legacy]"), "{written}");
+        restore(&registration).unwrap();
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
+        assert!(!configure::backup_path(&config).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
