@@ -9,7 +9,10 @@
 //!    scan, locating runc and the hook, the legacy/CDI mode, the patch,
 //!    then the exec), [`hook`] (one call of the prestart hook), [`ctk`]
 //!    (`nvidia-ctk`'s command line), [`inspect`] (`nvidia-ctk info` and
-//!    `doctor`, which use the runtime's lookups) and [`nvidia_docker`].
+//!    `doctor`, which use the runtime's lookups), [`nvidia_docker`] and
+//!    [`installer`] (`nvidia-ctk-installer`, the node installer: the
+//!    toolkit under `$ROOT/toolkit`, our handlers in the engine's config,
+//!    the engine's restart and the cleanup on SIGTERM).
 //! 3. [`oci`]: the bundle's `config.json` (read, patch, write) and the OCI
 //!    state a hook reads.
 //! 4. [`edits`]: what a GPU container gets, as one model, and its
@@ -32,6 +35,7 @@ pub mod driver;
 pub mod edits;
 pub mod hook;
 pub mod inspect;
+pub mod installer;
 pub mod nvidia_docker;
 pub mod oci;
 pub mod request;

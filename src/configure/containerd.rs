@@ -82,7 +82,12 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
             // the admin edited it, and they should hear about it first.
             parse_toml(text, &drop_in_path)?;
         }
-        let import = drop_in_glob(&drop_in_path);
+        let import = drop_in_glob(
+            options
+                .drop_in_host_path
+                .as_deref()
+                .unwrap_or(&drop_in_path),
+        );
         let drop_in_after = if options.uninstall {
             None
         } else {
@@ -139,7 +144,9 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
             remove_containerd_entry(&mut doc, &runtimes_keys, &containerd_keys, options);
         } else {
             let runtimes = table_at(doc.as_table_mut(), &runtimes_keys, &mut Walk::new(&path))?;
-            set_containerd_runtime(runtimes, options, &path)?;
+            for (name, binary) in options.entries() {
+                set_containerd_runtime(runtimes, name, binary, options, &path)?;
+            }
             if options.enable_cdi {
                 enable_cdi(&mut doc, plugin, &path)?;
             }
@@ -251,7 +258,9 @@ fn remove_containerd_entry(
     options: &Options,
 ) {
     if let Some(runtimes) = existing_table_at(doc.as_table_mut(), runtimes_keys) {
-        runtimes.remove(&options.runtime_name);
+        for (name, _) in options.entries() {
+            runtimes.remove(name);
+        }
     }
     if let Some(containerd) = existing_table_at(doc.as_table_mut(), containerd_keys) {
         if containerd
@@ -270,10 +279,11 @@ fn remove_containerd_entry(
 /// keeps everything the admin set in it but the binary.
 fn set_containerd_runtime(
     runtimes: &mut dyn TableLike,
+    name: &str,
+    binary: &Path,
     options: &Options,
     path: &Path,
 ) -> Result<()> {
-    let name = options.runtime_name.as_str();
     if runtimes.get(name).is_none() {
         let entry = match runtimes.get("runc") {
             Some(runc) if runc.is_table_like() => fresh_copy(runc),
@@ -306,7 +316,7 @@ fn set_containerd_runtime(
     walk.keys.push(name.to_string());
     add_container_annotations(entry, &options.container_annotations, &walk)?;
     let options_table = table_at(entry, &["options"], &mut walk)?;
-    let path_text = options.runtime_path.to_string_lossy();
+    let path_text = binary.to_string_lossy();
     let new_key = options_table.get(binary_key).is_none();
     set_str(options_table, binary_key, &path_text);
     if let (true, Some(indent)) = (new_key, indent) {
@@ -417,7 +427,9 @@ fn containerd_drop_in(
         &["plugins", plugin, "containerd", "runtimes"],
         &mut Walk::new(path),
     )?;
-    set_containerd_runtime(runtimes, options, path)?;
+    for (name, binary) in options.entries() {
+        set_containerd_runtime(runtimes, name, binary, options, path)?;
+    }
     if options.enable_cdi {
         enable_cdi(&mut doc, plugin, path)?;
     }

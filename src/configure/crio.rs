@@ -6,6 +6,30 @@ use toml_edit::Item;
 use super::toml::*;
 use super::{read_optional, sibling_dir, FileChange, Options, Plan, Result, DROP_IN_NAME};
 
+/// CRI-O's cleanup as NVIDIA's installer does it: only a
+/// `default_runtime` naming ours is taken out of our drop-in (or the main
+/// file); the entries stay, because CRI-O cannot stop the pods whose
+/// handler vanished (NVIDIA toolkit commits 0f9036cb, 9fab81c4).
+pub fn unset_crio_default(options: &Options) -> Result<Plan> {
+    let mut keep = options.clone();
+    keep.uninstall = false;
+    keep.set_as_default = false;
+    let mut plan = super::plan(&keep)?;
+    for file in &mut plan.files {
+        let Some(text) = &file.after else { continue };
+        let mut doc = parse_toml(text, &file.path)?;
+        if let Some(runtime) = existing_table_at(doc.as_table_mut(), &["crio", "runtime"]) {
+            if runtime.get("default_runtime").and_then(Item::as_str)
+                == Some(options.runtime_name.as_str())
+            {
+                runtime.remove("default_runtime");
+            }
+        }
+        file.after = Some(toml_text(&doc));
+    }
+    Ok(plan)
+}
+
 pub(super) fn plan(options: &Options) -> Result<Plan> {
     let main = options.config_path();
     let drop_in = options.drop_in.unwrap_or(true);
@@ -26,7 +50,9 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
         if let Some(runtimes) =
             existing_table_at(doc.as_table_mut(), &["crio", "runtime", "runtimes"])
         {
-            runtimes.remove(name);
+            for (entry, _) in options.entries() {
+                runtimes.remove(entry);
+            }
         }
         if let Some(runtime) = existing_table_at(doc.as_table_mut(), &["crio", "runtime"]) {
             if runtime.get("default_runtime").and_then(Item::as_str) == Some(name) {
@@ -38,19 +64,17 @@ pub(super) fn plan(options: &Options) -> Result<Plan> {
             doc.decor_mut()
                 .set_prefix("# Written by `nvidia-ctk runtime configure --runtime=crio`.\n");
         }
-        let mut walk = Walk::new(&path);
-        let entry = table_at(
-            doc.as_table_mut(),
-            &["crio", "runtime", "runtimes", name],
-            &mut walk,
-        )?;
-        set_str(
-            entry,
-            "runtime_path",
-            &options.runtime_path.to_string_lossy(),
-        );
-        if entry.get("runtime_type").is_none() {
-            entry.insert("runtime_type", toml_edit::value("oci"));
+        for (entry_name, binary) in options.entries() {
+            let mut walk = Walk::new(&path);
+            let entry = table_at(
+                doc.as_table_mut(),
+                &["crio", "runtime", "runtimes", entry_name],
+                &mut walk,
+            )?;
+            set_str(entry, "runtime_path", &binary.to_string_lossy());
+            if entry.get("runtime_type").is_none() {
+                entry.insert("runtime_type", toml_edit::value("oci"));
+            }
         }
         if options.set_as_default {
             let runtime = table_at(

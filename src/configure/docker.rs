@@ -95,7 +95,9 @@ pub fn edit_docker(text: &str, path: &Path, options: &Options) -> Result<(String
             let Json::Object(runtimes) = runtimes else {
                 return Err(shape_error("runtimes".to_string(), runtimes));
             };
-            changes.runtimes = runtimes.shift_remove(name).is_some();
+            for (entry, _) in options.entries() {
+                changes.runtimes |= runtimes.shift_remove(entry).is_some();
+            }
             if runtimes.is_empty() {
                 root.shift_remove("runtimes");
             }
@@ -112,20 +114,22 @@ pub fn edit_docker(text: &str, path: &Path, options: &Options) -> Result<(String
         let Json::Object(runtimes) = runtimes else {
             return Err(shape_error("runtimes".to_string(), runtimes));
         };
-        let entry = runtimes
-            .entry(name.clone())
-            .or_insert_with(|| Json::Object(Map::new()));
-        let Json::Object(entry) = entry else {
-            return Err(shape_error(format!("runtimes.{name}"), entry));
-        };
-        let path_value = Json::from(options.runtime_path.to_string_lossy().into_owned());
-        entry.insert("path".to_string(), path_value);
-        let args = entry.shift_remove("args");
-        if !entry.contains_key("runtimeArgs") {
-            entry.insert(
-                "runtimeArgs".to_string(),
-                args.unwrap_or_else(|| Json::Array(Vec::new())),
-            );
+        for (entry_name, binary) in options.entries() {
+            let entry = runtimes
+                .entry(entry_name.to_string())
+                .or_insert_with(|| Json::Object(Map::new()));
+            let Json::Object(entry) = entry else {
+                return Err(shape_error(format!("runtimes.{entry_name}"), entry));
+            };
+            let path_value = Json::from(binary.to_string_lossy().into_owned());
+            entry.insert("path".to_string(), path_value);
+            let args = entry.shift_remove("args");
+            if !entry.contains_key("runtimeArgs") {
+                entry.insert(
+                    "runtimeArgs".to_string(),
+                    args.unwrap_or_else(|| Json::Array(Vec::new())),
+                );
+            }
         }
         if options.enable_cdi {
             let features = root

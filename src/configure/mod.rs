@@ -29,6 +29,7 @@ mod podman;
 mod toml;
 
 pub use containerd::containerd_cri_plugin;
+pub use crio::unset_crio_default;
 pub use docker::{edit_docker, DockerChanges};
 
 /// The default name of our runtime entry in every engine.
@@ -125,6 +126,11 @@ pub struct Options {
     /// The drop-in file; `None`: `conf.d/99-nvidia.toml` (containerd) or
     /// `crio.conf.d/99-nvidia.toml` (CRI-O) next to the main file.
     pub drop_in_path: Option<PathBuf>,
+    /// containerd: the drop-in's path as containerd sees it, for the
+    /// `imports` line, when this program sees it elsewhere (NVIDIA's
+    /// RUNTIME_DROP_IN_CONFIG_HOST_PATH: the installer's container mounts
+    /// the host's conf.d at another path). `None`: `drop_in_path`.
+    pub drop_in_host_path: Option<PathBuf>,
     /// containerd: the version of a config file that does not exist yet (or
     /// is empty). `None`: 2, the version of containerd 1.x.
     pub containerd_config_version: Option<i64>,
@@ -140,6 +146,12 @@ pub struct Options {
     /// (the device plugin's cdi-annotations strategy) reach us. NVIDIA's
     /// default: `cdi.k8s.io/*`, from its default annotation prefix.
     pub container_annotations: Vec<String>,
+    /// More entries beside `runtime_name`, each `(name, binary)`, written to
+    /// the same file with the same settings (NVIDIA's node installer
+    /// registers `nvidia-cdi` and `nvidia-legacy` beside `nvidia`, in one
+    /// drop-in). Uninstall takes them out too. `set_as_default` only ever
+    /// names `runtime_name`. Empty for `nvidia-ctk runtime configure`.
+    pub extra_runtimes: Vec<(String, PathBuf)>,
 }
 
 /// The CRI annotations containerd passes to our runtime by default.
@@ -156,6 +168,7 @@ impl Options {
             set_as_default: false,
             drop_in: None,
             drop_in_path: None,
+            drop_in_host_path: None,
             containerd_config_version: None,
             uninstall: false,
             enable_cdi: false,
@@ -163,7 +176,20 @@ impl Options {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            extra_runtimes: Vec::new(),
         }
+    }
+
+    /// Every entry this plan writes (or takes out): `runtime_name` first,
+    /// then `extra_runtimes`, as `(name, binary)`.
+    pub fn entries(&self) -> Vec<(&str, &Path)> {
+        std::iter::once((self.runtime_name.as_str(), self.runtime_path.as_path()))
+            .chain(
+                self.extra_runtimes
+                    .iter()
+                    .map(|(name, path)| (name.as_str(), path.as_path())),
+            )
+            .collect()
     }
 
     /// The main config file, absolute: containerd's `imports` and the
@@ -234,9 +260,11 @@ impl Plan {
 /// Computes the new text of every file involved, reading but writing
 /// nothing. Every input is validated before anything is decided.
 pub fn plan(options: &Options) -> Result<Plan> {
-    validate_name(&options.runtime_name)?;
-    if !options.uninstall && !options.runtime_path.is_absolute() {
-        return Err(ConfigureError::RuntimePath(options.runtime_path.clone()));
+    for (name, path) in options.entries() {
+        validate_name(name)?;
+        if !options.uninstall && !path.is_absolute() {
+            return Err(ConfigureError::RuntimePath(path.to_path_buf()));
+        }
     }
     match options.engine {
         Engine::Docker => docker::plan(options),
@@ -406,5 +434,85 @@ mod tests {
             plan(&options),
             Err(ConfigureError::RuntimePath(_))
         ));
+    }
+
+    fn with_extras(engine: Engine, config: &Path) -> Options {
+        let mut options = Options::new(engine);
+        options.config = Some(config.to_path_buf());
+        options.runtime_path = PathBuf::from("/t/nvidia-container-runtime");
+        options.extra_runtimes = vec![
+            (
+                "nvidia-cdi".into(),
+                "/t/nvidia-container-runtime.cdi".into(),
+            ),
+            (
+                "nvidia-legacy".into(),
+                "/t/nvidia-container-runtime.legacy".into(),
+            ),
+        ];
+        options
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ncr-configure-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn extra_runtimes_land_in_one_containerd_drop_in_and_leave_again() {
+        let dir = scratch("extras-ctd");
+        let config = dir.join("config.toml");
+        std::fs::write(&config, "version = 2\n").unwrap();
+        let options = with_extras(Engine::Containerd, &config);
+        let install = plan(&options).unwrap();
+        let drop_in = install.files[0].after.as_deref().unwrap();
+        for (name, binary) in options.entries() {
+            assert!(
+                drop_in.contains(&format!("runtimes.{name}]")),
+                "{name} missing:\n{drop_in}"
+            );
+            assert!(drop_in.contains(&format!("BinaryName = \"{}\"", binary.display())));
+        }
+        apply(&install).unwrap();
+        let mut uninstall = options.clone();
+        uninstall.uninstall = true;
+        let removal = plan(&uninstall).unwrap();
+        assert_eq!(removal.files[0].after, None);
+        assert_eq!(removal.files[1].after.as_deref(), Some("version = 2\n"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn extra_runtimes_in_docker_and_crio() {
+        let dir = scratch("extras-other");
+        let docker = with_extras(Engine::Docker, &dir.join("daemon.json"));
+        let text = plan(&docker).unwrap().files[0].after.clone().unwrap();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            json["runtimes"]["nvidia-legacy"]["path"],
+            "/t/nvidia-container-runtime.legacy"
+        );
+        let mut crio = with_extras(Engine::Crio, &dir.join("crio.conf"));
+        crio.set_as_default = true;
+        let file = plan(&crio).unwrap().files[0].clone();
+        let text = file.after.clone().unwrap();
+        assert!(
+            text.contains("[crio.runtime.runtimes.nvidia-cdi]"),
+            "{text}"
+        );
+        assert!(text.contains("default_runtime = \"nvidia\""), "{text}");
+        std::fs::create_dir_all(file.path.parent().unwrap()).unwrap();
+        std::fs::write(&file.path, &text).unwrap();
+        // Cleanup keeps the entries and drops only the default.
+        let unset = unset_crio_default(&crio).unwrap();
+        let after = unset.files[0].after.clone().unwrap();
+        assert!(
+            after.contains("[crio.runtime.runtimes.nvidia-cdi]"),
+            "{after}"
+        );
+        assert!(!after.contains("default_runtime"), "{after}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

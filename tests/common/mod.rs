@@ -13,6 +13,7 @@ mod bundle;
 pub mod cri;
 mod fake_driver;
 mod generation;
+mod oci_image;
 mod podman;
 mod procfs;
 mod rootfs;
@@ -22,8 +23,8 @@ mod world;
 // Each test file uses its share of these; `use common::*` gives it all.
 #[allow(unused_imports)]
 pub use {
-    artifacts::*, bundle::*, fake_driver::*, generation::*, podman::*, procfs::*, rootfs::*,
-    run::*, world::*,
+    artifacts::*, bundle::*, fake_driver::*, generation::*, oci_image::*, podman::*, procfs::*,
+    rootfs::*, run::*, world::*,
 };
 
 use std::collections::hash_map::DefaultHasher;

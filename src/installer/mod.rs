@@ -1,0 +1,872 @@
+//! `nvidia-ctk-installer` (also run as `nvidia-toolkit`, the name the GPU
+//! Operator's DaemonSet execs): puts the toolkit on a Kubernetes node and
+//! registers it with the node's engine, as NVIDIA's cmd/nvidia-ctk-installer
+//! does (kubernetes.md §1), then waits and undoes the registration on
+//! SIGTERM.
+//!
+//! The steps, in order ([`run`]):
+//! 1. the exclusive flock on `TOOLKIT_PID_FILE` ([`lock`]);
+//! 2. the engine's config found ([`engine::resolve`]: plain containerd,
+//!    docker, CRI-O; k3s, rke2, k0s and microk8s recognised under
+//!    `HOST_ROOT_MOUNT`, or refused with what to do);
+//! 3. `$ROOT/toolkit` built and swapped in atomically ([`toolkit`]), with
+//!    config.toml for the driver root (`runtimes` = the engine's default
+//!    runtime's binary, runc, crun);
+//! 4. with `CDI_ENABLED`, the management CDI spec
+//!    (`management.nvidia.com/gpu=all`) in `CDI_OUTPUT_DIR`;
+//! 5. `nvidia`, `nvidia-cdi` and `nvidia-legacy` registered through
+//!    [`crate::configure`] (containerd drop-in, CRI-O drop-in, daemon.json),
+//!    with `container_annotations = ["cdi.k8s.io/*"]` and, with CDI,
+//!    `enable_cdi`;
+//! 6. only if a byte of the engine's config changed: containerd checks it
+//!    (`containerd config dump`), the engine is restarted ([`restart`]) and
+//!    must answer on its socket again; a refused or silent engine gets the
+//!    previous bytes back and another restart;
+//! 7. unless `NO_DAEMON`: wait for SIGTERM, SIGINT, SIGHUP, SIGQUIT or
+//!    SIGPIPE, then put the engine's config back byte for byte (CRI-O: only
+//!    the default is unset), restart it, release the lock.
+//!
+//! Where ours differs from NVIDIA's, on purpose: containerd's config
+//! version is read from the root file's `version` (never `containerd
+//! config dump`, whose output is never written back: toolkit#1222,
+//! gpu-operator#2646); no restart when nothing changed; the check and the
+//! rollback; the previous bytes restored on cleanup (so a previous
+//! `default_runtime_name` comes back: gpu-operator#188, toolkit#1328); the
+//! atomic toolkit swap instead of `rm -rf`; signals that arrive during the
+//! install are held until it is done, then handled (NVIDIA's exits without
+//! cleanup).
+//!
+//! ## NVIDIA's variables
+//!
+//! | Variable | Here |
+//! |---|---|
+//! | `RUNTIME` (docker\|containerd\|crio) | honoured, default docker |
+//! | `RUNTIME_CONFIG`, `CONTAINERD_CONFIG`, `DOCKER_CONFIG`, `CRIO_CONFIG` | honoured (the first set wins); unset: the engine's default path, or the k3s/rke2/k0s/microk8s file found under `HOST_ROOT_MOUNT` |
+//! | `RUNTIME_SOCKET`, `CONTAINERD_SOCKET`, `DOCKER_SOCKET` | honoured |
+//! | `RUNTIME_DROP_IN_CONFIG`, `RUNTIME_DROP_IN_CONFIG_HOST_PATH` | honoured (the host path goes into `imports`) |
+//! | `NVIDIA_RUNTIME_NAME`, `CONTAINERD_RUNTIME_CLASS`, `DOCKER_RUNTIME_NAME` | honoured, default nvidia; the others are `<name>-cdi`, `<name>-legacy` |
+//! | `NVIDIA_RUNTIME_SET_AS_DEFAULT`, `CONTAINERD_SET_AS_DEFAULT` | honoured, default true |
+//! | `RUNTIME_RESTART_MODE` (signal\|systemd\|none) | honoured; default signal, systemd for CRI-O (and microk8s), none for k0s |
+//! | `RUNTIME_EXECUTABLE_PATH` | ours differs: a containerd the installer runs itself for the check (`config dump`, never used as the config's source); unset: `chroot $HOST_ROOT_MOUNT containerd` on the config's host path |
+//! | `RUNTIME_CONFIG_HOST_PATH` | ours: that host path [default: `RUNTIME_CONFIG` less the `HOST_ROOT_MOUNT` prefix; neither: the check is skipped with a warning] |
+//! | `HOST_ROOT_MOUNT` | honoured, default /host |
+//! | `ROOT`, `TOOLKIT_INSTALL_DIR` | honoured, default /usr/local/nvidia |
+//! | `TOOLKIT_PID_FILE` | honoured, default /run/nvidia/toolkit/toolkit.pid |
+//! | `NO_DAEMON` | honoured (no wait, no cleanup, as NVIDIA's) |
+//! | `NO_RUNTIME_CONFIG` | honoured (toolkit and CDI only) |
+//! | `DRIVER_ROOT`, `NVIDIA_DRIVER_ROOT` | honoured, default /run/nvidia/driver (config.toml's `[nvidia-container-cli] root`) |
+//! | `DRIVER_ROOT_CTR_PATH` | honoured for the CDI spec: discovered there, host paths rewritten to `DRIVER_ROOT`; default /driver-root when it exists, else `DRIVER_ROOT` |
+//! | `DEV_ROOT`, `NVIDIA_DEV_ROOT` | honoured (`dev-root`) |
+//! | `DEV_ROOT_CTR_PATH` | honoured for the CDI spec's discovery, like `DRIVER_ROOT_CTR_PATH` |
+//! | `CDI_ENABLED` | honoured: management spec, and `enable_cdi` in the engine |
+//! | `RUNTIME_ENABLE_CDI` | honoured (`enable_cdi` only) |
+//! | `CDI_KIND` | honoured, default management.nvidia.com/gpu |
+//! | `CDI_OUTPUT_DIR` | honoured, default /var/run/cdi |
+//! | `ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED`, `ACCEPT_NVIDIA_VISIBLE_DEVICES_AS_VOLUME_MOUNTS` | honoured, defaults true and false |
+//! | `NVIDIA_CONTAINER_RUNTIME_MODE`, `_MODES_CDI_DEFAULT_KIND`, `_MODES_CDI_ANNOTATION_PREFIXES`, `_RUNTIMES`, `_DEBUG`, `_LOG_LEVEL` | honoured (lists comma-separated) |
+//! | `NVIDIA_CONTAINER_RUNTIME_PROC_ROOT`, `_SYS_ROOT` | ours: config.toml's `proc-root`/`sys-root`; the wrappers' `modules` check reads the proc root |
+//! | `RUNTIME_CONFIG_SOURCE(S)` | not honoured: the file is always the source (the point of the rewrite) |
+//! | `CONTAINERD_RUNTIME_TYPE`, `CONTAINERD_USE_LEGACY_CONFIG`, `[CONTAINERD_]RUNTIME_CONFIG_OVERRIDE` | not honoured: the entries copy runc's, with runc.v2 |
+//! | `CRIO_CONFIG_MODE`, `CRIO_HOOKS_DIR` | not honoured: config mode only (the hook mode is deprecated) |
+//! | `CREATE_DEVICE_NODES` | not honoured: no control device nodes are created |
+//! | `ENABLE_NRI_PLUGIN`, `NRI_SOCKET`, `NRI_NAMESPACE` | not honoured: no NRI mode |
+
+pub mod engine;
+pub mod lock;
+pub mod restart;
+pub mod toolkit;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::configure::{ConfigureError, Engine};
+use restart::RestartMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallerError {
+    #[error("cannot lock the pid file {path}: {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another installer holds the lock on {path} (pid {holder}): one installer per node; stop that one first, or point TOOLKIT_PID_FILE elsewhere")]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot read the binary to install, {path} (set TOOLKIT_SOURCE_DIR to the dir holding our binaries): {source}")]
+    Source {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Install {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot register the runtimes")]
+    Configure(#[source] ConfigureError),
+    #[error("{command} refused {config}: {stderr}; the previous config was put back")]
+    Refused {
+        config: PathBuf,
+        command: String,
+        stderr: String,
+    },
+    #[error("{command} failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot restart the engine ({what}): {source}")]
+    Restart {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the engine did not answer on {socket} within {timeout:?} after its restart")]
+    NotReady { socket: PathBuf, timeout: Duration },
+    #[error("{source}; the previous config was put back and the engine restarted")]
+    RolledBack {
+        #[source]
+        source: Box<InstallerError>,
+    },
+    #[error("{} changed since this installer wrote it; left as it is: remove our runtimes from it by hand (nvidia-ctk runtime configure --uninstall)", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    ChangedSince { paths: Vec<PathBuf> },
+    #[error("{flavour} renders its containerd config from a template at every start and {dir} has none (config.toml.tmpl, or config-v3.toml.tmpl from k3s v1.31): {flavour} finds $ROOT/toolkit/nvidia-container-runtime by itself when it starts, so run with NO_RUNTIME_CONFIG=true and restart {flavour}; or copy config.toml to the template and run again")]
+    NeedsTemplate { flavour: String, dir: PathBuf },
+    #[error("{path} holds Go template syntax (`{{{{ ... }}}}`), which no TOML parser reads (rke2#3385): we do not edit it. Either run with NO_RUNTIME_CONFIG=true (k3s and rke2 find $ROOT/toolkit/nvidia-container-runtime themselves at start), or make the template plain TOML, or point RUNTIME_CONFIG at a plain TOML file")]
+    GoTemplate { path: PathBuf },
+    #[error("cannot wait for signals: {0}")]
+    Signals(#[source] nix::errno::Errno),
+    #[error("cannot generate the CDI spec ({command})")]
+    Cdi {
+        command: String,
+        #[source]
+        source: Box<InstallerError>,
+    },
+}
+
+pub type Result<T, E = InstallerError> = std::result::Result<T, E>;
+
+/// `RUNTIME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeArg {
+    Docker,
+    Containerd,
+    Crio,
+}
+
+/// The command line; every flag also reads NVIDIA's variable. Variables
+/// that have aliases (`CONTAINERD_CONFIG` for `RUNTIME_CONFIG`, ...) are
+/// read by [`Settings::resolve`].
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "nvidia-ctk-installer",
+    version,
+    about = "Installs the NVIDIA container toolkit on a node and registers it with the node's engine"
+)]
+pub struct Cli {
+    #[arg(long, value_enum, env = "RUNTIME", default_value = "docker")]
+    pub runtime: RuntimeArg,
+    /// The engine's config file [aliases: CONTAINERD_CONFIG, DOCKER_CONFIG, CRIO_CONFIG].
+    #[arg(long, env = "RUNTIME_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The engine's socket [aliases: CONTAINERD_SOCKET, DOCKER_SOCKET].
+    #[arg(long, env = "RUNTIME_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[arg(long, env = "RUNTIME_DROP_IN_CONFIG")]
+    pub drop_in_config: Option<PathBuf>,
+    #[arg(long, env = "RUNTIME_DROP_IN_CONFIG_HOST_PATH")]
+    pub drop_in_config_host_path: Option<PathBuf>,
+    /// [aliases: CONTAINERD_RUNTIME_CLASS, DOCKER_RUNTIME_NAME] [default: nvidia]
+    #[arg(long, env = "NVIDIA_RUNTIME_NAME")]
+    pub nvidia_runtime_name: Option<String>,
+    /// [alias: CONTAINERD_SET_AS_DEFAULT] [default: true]
+    #[arg(long, env = "NVIDIA_RUNTIME_SET_AS_DEFAULT")]
+    pub set_as_default: Option<String>,
+    #[arg(long, value_enum, env = "RUNTIME_RESTART_MODE")]
+    pub restart_mode: Option<RestartMode>,
+    #[arg(long, env = "RUNTIME_EXECUTABLE_PATH")]
+    pub runtime_executable_path: Option<PathBuf>,
+    /// Ours: the engine's config as the host sees it, for the check run in
+    /// the host's root [default: RUNTIME_CONFIG less the HOST_ROOT_MOUNT
+    /// prefix].
+    #[arg(long, env = "RUNTIME_CONFIG_HOST_PATH")]
+    pub runtime_config_host_path: Option<PathBuf>,
+    #[arg(long, env = "HOST_ROOT_MOUNT", default_value = "/host")]
+    pub host_root_mount: PathBuf,
+    /// [alias: TOOLKIT_INSTALL_DIR] [default: /usr/local/nvidia]
+    #[arg(long, env = "ROOT")]
+    pub root: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "TOOLKIT_PID_FILE",
+        default_value = "/run/nvidia/toolkit/toolkit.pid"
+    )]
+    pub pid_file: PathBuf,
+    #[arg(long, env = "NO_DAEMON")]
+    pub no_daemon: bool,
+    #[arg(long, env = "NO_RUNTIME_CONFIG")]
+    pub no_runtime_config: bool,
+    /// [alias: NVIDIA_DRIVER_ROOT] [default: /run/nvidia/driver]
+    #[arg(long, env = "DRIVER_ROOT")]
+    pub driver_root: Option<PathBuf>,
+    #[arg(long, env = "DRIVER_ROOT_CTR_PATH")]
+    pub driver_root_ctr_path: Option<PathBuf>,
+    /// [alias: NVIDIA_DEV_ROOT]
+    #[arg(long, env = "DEV_ROOT")]
+    pub dev_root: Option<PathBuf>,
+    #[arg(long, env = "DEV_ROOT_CTR_PATH")]
+    pub dev_root_ctr_path: Option<PathBuf>,
+    #[arg(long, env = "CDI_ENABLED")]
+    pub cdi_enabled: bool,
+    #[arg(long, env = "RUNTIME_ENABLE_CDI")]
+    pub runtime_enable_cdi: bool,
+    #[arg(long, env = "CDI_KIND", default_value = "management.nvidia.com/gpu")]
+    pub cdi_kind: String,
+    #[arg(long, env = "CDI_OUTPUT_DIR", default_value = "/var/run/cdi")]
+    pub cdi_output_dir: PathBuf,
+    #[arg(long, env = "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub accept_envvar_when_unprivileged: bool,
+    #[arg(long, env = "ACCEPT_NVIDIA_VISIBLE_DEVICES_AS_VOLUME_MOUNTS", default_value = "false", value_parser = clap::builder::BoolishValueParser::new())]
+    pub accept_as_volume_mounts: bool,
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_MODE")]
+    pub nvidia_container_runtime_mode: Option<String>,
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND")]
+    pub nvidia_container_runtime_modes_cdi_default_kind: Option<String>,
+    /// Comma-separated.
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_MODES_CDI_ANNOTATION_PREFIXES")]
+    pub nvidia_container_runtime_modes_cdi_annotation_prefixes: Option<String>,
+    /// Comma-separated [default: the engine's default runtime, runc, crun].
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_RUNTIMES")]
+    pub nvidia_container_runtime_runtimes: Option<String>,
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_DEBUG")]
+    pub nvidia_container_runtime_debug: Option<String>,
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_LOG_LEVEL")]
+    pub nvidia_container_runtime_log_level: Option<String>,
+    /// Ours: config.toml's proc-root (and the wrappers' `modules` check).
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_PROC_ROOT")]
+    pub nvidia_container_runtime_proc_root: Option<String>,
+    /// Ours: config.toml's sys-root.
+    #[arg(long, env = "NVIDIA_CONTAINER_RUNTIME_SYS_ROOT")]
+    pub nvidia_container_runtime_sys_root: Option<String>,
+    /// Ours: where the binaries to install are [default: this program's dir].
+    #[arg(long, env = "TOOLKIT_SOURCE_DIR")]
+    pub toolkit_source_dir: Option<PathBuf>,
+    /// Ours: how long the engine has to answer after a restart, in seconds.
+    #[arg(long, env = "RUNTIME_READY_TIMEOUT", default_value_t = 60)]
+    pub runtime_ready_timeout: u64,
+}
+
+/// config.toml's pass-through keys.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeConfigKeys {
+    pub accept_envvar_when_unprivileged: bool,
+    pub accept_as_volume_mounts: bool,
+    pub mode: Option<String>,
+    pub default_kind: Option<String>,
+    pub annotation_prefixes: Option<Vec<String>>,
+    pub runtimes: Option<Vec<String>>,
+    pub debug: Option<String>,
+    pub log_level: Option<String>,
+    pub proc_root: Option<String>,
+    pub sys_root: Option<String>,
+}
+
+/// Everything resolved: defaults applied, aliases read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub engine: Engine,
+    pub config: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub drop_in_config: Option<PathBuf>,
+    pub drop_in_config_host_path: Option<PathBuf>,
+    pub runtime_name: String,
+    pub set_as_default: bool,
+    pub restart_mode: Option<RestartMode>,
+    pub runtime_executable: Option<PathBuf>,
+    pub config_host_path: Option<PathBuf>,
+    pub host_root: PathBuf,
+    pub root: PathBuf,
+    pub pid_file: PathBuf,
+    pub no_daemon: bool,
+    pub no_runtime_config: bool,
+    pub driver_root: PathBuf,
+    pub driver_root_ctr_path: PathBuf,
+    pub dev_root: Option<PathBuf>,
+    pub dev_root_ctr_path: Option<PathBuf>,
+    pub cdi_enabled: bool,
+    pub runtime_enable_cdi: bool,
+    pub cdi_kind: String,
+    pub cdi_output_dir: PathBuf,
+    pub runtime_config: RuntimeConfigKeys,
+    pub source_dir: PathBuf,
+    pub ready_timeout: Duration,
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// NVIDIA's boolean env values (Go's strconv.ParseBool, plus yes/no).
+fn truthy(text: &str) -> bool {
+    matches!(
+        text.trim().to_ascii_lowercase().as_str(),
+        "1" | "t" | "true" | "yes" | "y" | "on"
+    )
+}
+
+impl Settings {
+    /// `cli` with the aliases read through `env` and the defaults set.
+    /// `self_dir` is where this program is (the default source dir).
+    pub fn resolve(cli: Cli, env: &dyn Fn(&str) -> Option<String>, self_dir: &Path) -> Settings {
+        let first = |names: &[&str]| -> Option<String> {
+            names
+                .iter()
+                .find_map(|name| env(name).filter(|v| !v.is_empty()))
+        };
+        let engine = match cli.runtime {
+            RuntimeArg::Docker => Engine::Docker,
+            RuntimeArg::Containerd => Engine::Containerd,
+            RuntimeArg::Crio => Engine::Crio,
+        };
+        let engine_config = match engine {
+            Engine::Docker => "DOCKER_CONFIG",
+            Engine::Containerd => "CONTAINERD_CONFIG",
+            _ => "CRIO_CONFIG",
+        };
+        let config = cli
+            .config
+            .or_else(|| first(&[engine_config]).map(PathBuf::from));
+        let engine_socket = match engine {
+            Engine::Docker => "DOCKER_SOCKET",
+            Engine::Containerd => "CONTAINERD_SOCKET",
+            _ => "CRIO_SOCKET",
+        };
+        let socket = cli
+            .socket
+            .or_else(|| first(&[engine_socket]).map(PathBuf::from));
+        let runtime_name = cli
+            .nvidia_runtime_name
+            .or_else(|| first(&["CONTAINERD_RUNTIME_CLASS", "DOCKER_RUNTIME_NAME"]))
+            .unwrap_or_else(|| crate::configure::DEFAULT_RUNTIME_NAME.to_string());
+        let set_as_default = cli
+            .set_as_default
+            .or_else(|| first(&["CONTAINERD_SET_AS_DEFAULT"]))
+            .is_none_or(|v| truthy(&v));
+        let root = cli
+            .root
+            .or_else(|| first(&["TOOLKIT_INSTALL_DIR"]).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/nvidia"));
+        let driver_root = cli
+            .driver_root
+            .or_else(|| first(&["NVIDIA_DRIVER_ROOT"]).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("/run/nvidia/driver"));
+        // NVIDIA's default is /driver-root, where the DaemonSet mounts the
+        // driver container's root; a host driver (or a test) has none.
+        let driver_root_ctr_path = cli.driver_root_ctr_path.unwrap_or_else(|| {
+            let mounted = Path::new("/driver-root");
+            if mounted.is_dir() {
+                mounted.to_path_buf()
+            } else {
+                driver_root.clone()
+            }
+        });
+        let dev_root = cli
+            .dev_root
+            .or_else(|| first(&["NVIDIA_DEV_ROOT"]).map(PathBuf::from));
+        Settings {
+            engine,
+            config,
+            socket,
+            drop_in_config: cli.drop_in_config,
+            drop_in_config_host_path: cli.drop_in_config_host_path,
+            runtime_name,
+            set_as_default,
+            restart_mode: cli.restart_mode,
+            runtime_executable: cli.runtime_executable_path,
+            config_host_path: cli.runtime_config_host_path,
+            host_root: cli.host_root_mount,
+            root,
+            pid_file: cli.pid_file,
+            no_daemon: cli.no_daemon,
+            no_runtime_config: cli.no_runtime_config,
+            driver_root,
+            driver_root_ctr_path,
+            dev_root,
+            dev_root_ctr_path: cli.dev_root_ctr_path,
+            cdi_enabled: cli.cdi_enabled,
+            runtime_enable_cdi: cli.runtime_enable_cdi,
+            cdi_kind: cli.cdi_kind,
+            cdi_output_dir: cli.cdi_output_dir,
+            runtime_config: RuntimeConfigKeys {
+                accept_envvar_when_unprivileged: cli.accept_envvar_when_unprivileged,
+                accept_as_volume_mounts: cli.accept_as_volume_mounts,
+                mode: cli.nvidia_container_runtime_mode,
+                default_kind: cli.nvidia_container_runtime_modes_cdi_default_kind,
+                annotation_prefixes: cli
+                    .nvidia_container_runtime_modes_cdi_annotation_prefixes
+                    .as_deref()
+                    .map(list),
+                runtimes: cli.nvidia_container_runtime_runtimes.as_deref().map(list),
+                debug: cli.nvidia_container_runtime_debug,
+                log_level: cli.nvidia_container_runtime_log_level,
+                proc_root: cli.nvidia_container_runtime_proc_root,
+                sys_root: cli.nvidia_container_runtime_sys_root,
+            },
+            source_dir: cli
+                .toolkit_source_dir
+                .unwrap_or_else(|| self_dir.to_path_buf()),
+            ready_timeout: Duration::from_secs(cli.runtime_ready_timeout),
+        }
+    }
+
+    /// Settings whose every path lies under `dir` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(engine: Engine, dir: &Path) -> Settings {
+        use clap::Parser as _;
+        let runtime = match engine {
+            Engine::Docker => "docker",
+            Engine::Containerd => "containerd",
+            _ => "crio",
+        };
+        let cli = Cli::parse_from([
+            "nvidia-ctk-installer".to_string(),
+            format!("--runtime={runtime}"),
+            format!("--host-root-mount={}", dir.display()),
+            format!("--root={}", dir.join("usr/local/nvidia").display()),
+            format!("--config={}", dir.join("etc/engine.conf").display()),
+            format!("--socket={}", dir.join("engine.sock").display()),
+        ]);
+        Settings::resolve(cli, &|_| None, dir)
+    }
+}
+
+/// What a run ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// `NO_DAEMON`: installed and registered, left so.
+    Installed,
+    /// Waited, got `signal`, cleaned up.
+    CleanedUp { signal: String },
+}
+
+/// The signals that end the wait (NVIDIA's list).
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+/// The whole installer (see the module doc). `say` gets one line per step.
+/// The stop signals are blocked in the calling thread from the start, so
+/// one that arrives mid-install waits for the install to finish and is
+/// then handled like one during the wait (children get an empty mask:
+/// std's spawn resets it).
+pub fn run(settings: &Settings, say: &dyn Fn(&str)) -> Result<Outcome> {
+    let signals = stop_signals();
+    if !settings.no_daemon {
+        signals.thread_block().map_err(InstallerError::Signals)?;
+    }
+    let _lock = lock::PidLock::acquire(&settings.pid_file)?;
+    say(&format!("locked {}", settings.pid_file.display()));
+    let target = if settings.no_runtime_config {
+        None
+    } else {
+        Some(engine::resolve(settings)?)
+    };
+    let ours = [
+        settings.runtime_name.clone(),
+        format!("{}-cdi", settings.runtime_name),
+        format!("{}-legacy", settings.runtime_name),
+    ];
+    let runtimes = match (&settings.runtime_config.runtimes, &target) {
+        (Some(list), _) => list.clone(),
+        (None, Some(target)) => engine::low_level_runtimes(target, &ours),
+        (None, None) => vec!["runc".to_string(), "crun".to_string()],
+    };
+    let toolkit = toolkit::install(settings, &runtimes)?;
+    say(&format!(
+        "installed {} (low-level runtimes: {})",
+        toolkit.display(),
+        runtimes.join(", ")
+    ));
+    if settings.cdi_enabled {
+        let spec = generate_management_spec(settings, &toolkit)?;
+        say(&format!("wrote the CDI spec {}", spec.display()));
+    }
+    let registration = match &target {
+        Some(target) => Some(register(settings, target, &toolkit, say)?),
+        None => None,
+    };
+    if settings.no_daemon {
+        return Ok(Outcome::Installed);
+    }
+    say("waiting for SIGTERM");
+    let signal = signals.wait().map_err(InstallerError::Signals)?;
+    say(&format!("got {signal:?}: cleaning up"));
+    if let (Some(target), Some(registration)) = (&target, &registration) {
+        cleanup(settings, target, &toolkit, registration, say)?;
+    }
+    Ok(Outcome::CleanedUp {
+        signal: format!("{signal:?}"),
+    })
+}
+
+/// Registers our handlers; restarts the engine only when a byte changed.
+pub fn register(
+    settings: &Settings,
+    target: &engine::Target,
+    toolkit: &Path,
+    say: &dyn Fn(&str),
+) -> Result<engine::Registration> {
+    let options = engine::options(settings, target, toolkit);
+    let plan = crate::configure::plan(&options).map_err(InstallerError::Configure)?;
+    if plan.is_noop() {
+        say(&format!(
+            "{} already registers our runtimes: not restarting the engine",
+            target.config.display()
+        ));
+        return Ok(engine::Registration::default());
+    }
+    if target.engine == Engine::Docker
+        && settings.set_as_default
+        && target.restarter.mode == RestartMode::Signal
+    {
+        // dockerd re-reads `runtimes` on SIGHUP but `default-runtime` only
+        // at start (engines.md); NVIDIA's installer signals it all the same.
+        say("warning: dockerd applies default-runtime only when it restarts; SIGHUP reloads the runtimes alone (RUNTIME_RESTART_MODE=systemd restarts it)");
+    }
+    let registration = engine::apply_plan(&plan)?;
+    for snapshot in &registration.snapshots {
+        say(&format!("wrote {}", snapshot.path.display()));
+    }
+    let handlers: Vec<&str> = options.entries().into_iter().map(|(n, _)| n).collect();
+    if target.check {
+        match engine::check_containerd(settings, &target.config, &handlers) {
+            Ok(Ok(())) => say("containerd config dump lists our runtimes"),
+            Ok(Err(engine::Unchecked::NoBinary(command))) => say(&format!(
+                "warning: cannot run {command}: containerd's config was not checked before the restart (set RUNTIME_EXECUTABLE_PATH)"
+            )),
+            Ok(Err(engine::Unchecked::NoHostPath(path))) => say(&format!(
+                "warning: the host's path of {} is unknown: containerd's config was not checked before the restart (set RUNTIME_CONFIG_HOST_PATH)",
+                path.display()
+            )),
+            Err(error) => {
+                engine::restore(&registration)?;
+                return Err(error);
+            }
+        }
+    }
+    if let Err(error) = target.restarter.restart(say) {
+        say(&format!("{error}: putting the previous config back"));
+        engine::restore(&registration)?;
+        // The engine may be down (a crash loop under its supervisor) or
+        // up on the new config: either way it must read the old one.
+        if let Err(again) = target.restarter.restart(say) {
+            say(&format!(
+                "{again}: the engine reads the previous config when its supervisor starts it again"
+            ));
+        }
+        return Err(InstallerError::RolledBack {
+            source: Box::new(error),
+        });
+    }
+    say("the engine answers again");
+    Ok(registration)
+}
+
+/// Undoes [`register`]: the previous bytes (CRI-O: our entries stay, only
+/// the default goes, as NVIDIA's), then a restart.
+pub fn cleanup(
+    settings: &Settings,
+    target: &engine::Target,
+    toolkit: &Path,
+    registration: &engine::Registration,
+    say: &dyn Fn(&str),
+) -> Result<()> {
+    let options = engine::options(settings, target, toolkit);
+    if target.engine == Engine::Crio {
+        let plan =
+            crate::configure::unset_crio_default(&options).map_err(InstallerError::Configure)?;
+        if plan.is_noop() {
+            return Ok(());
+        }
+        crate::configure::apply(&plan).map_err(InstallerError::Configure)?;
+        say("unset CRI-O's default runtime; our handlers stay (CRI-O cannot stop pods whose handler is gone)");
+    } else if registration.changed() {
+        if target.engine == Engine::Docker {
+            // dockerd's SIGHUP reload applies only the keys a file sets, so
+            // a daemon.json without `runtimes` leaves ours in the running
+            // daemon until it restarts (harmless: the toolkit stays).
+            say("dockerd keeps the runtimes it has until it restarts, when daemon.json no longer names any");
+        }
+        engine::restore(registration)?;
+        for snapshot in &registration.snapshots {
+            say(&format!("restored {}", snapshot.path.display()));
+        }
+    } else {
+        // This run found our entries already there (an earlier installer
+        // was killed before its cleanup): there are no previous bytes of
+        // ours, so take our entries out the way `nvidia-ctk runtime
+        // configure --uninstall` does (NVIDIA's cleanup always does).
+        let mut uninstall = options;
+        uninstall.uninstall = true;
+        let plan = crate::configure::plan(&uninstall).map_err(InstallerError::Configure)?;
+        if plan.is_noop() {
+            say("nothing of ours to take out of the engine's config");
+            return Ok(());
+        }
+        for applied in crate::configure::apply(&plan).map_err(InstallerError::Configure)? {
+            say(&format!("took our runtimes out: {applied:?}"));
+        }
+    }
+    target.restarter.restart(say)
+}
+
+/// The management spec (`<CDI_KIND>=all`), generated by the installed
+/// nvidia-ctk with the installed hook, discovered under the container's
+/// view of the driver and written with the host's paths.
+fn generate_management_spec(settings: &Settings, toolkit: &Path) -> Result<PathBuf> {
+    let (vendor, class) = settings
+        .cdi_kind
+        .split_once('/')
+        .unwrap_or(("management.nvidia.com", "gpu"));
+    let mut command = Command::new(toolkit.join("nvidia-ctk"));
+    command
+        .args([
+            "cdi",
+            "generate",
+            "--mode",
+            "management",
+            "--format",
+            "json",
+        ])
+        .arg(format!("--vendor={vendor}"))
+        .arg(format!("--class={class}"))
+        .arg("--driver-root")
+        .arg(&settings.driver_root_ctr_path)
+        .arg("--hook-path")
+        .arg(toolkit.join("nvidia-container-runtime-hook"));
+    if let Some(dev) = settings
+        .dev_root_ctr_path
+        .as_ref()
+        .or(settings.dev_root.as_ref())
+    {
+        command.arg("--dev-root").arg(dev);
+    }
+    let what = format!("{command:?}");
+    let cdi_error = |source| InstallerError::Cdi {
+        command: what.clone(),
+        source: Box::new(source),
+    };
+    let output = command.output().map_err(|source| {
+        cdi_error(InstallerError::Spawn {
+            command: what.clone(),
+            source,
+        })
+    })?;
+    if !output.status.success() {
+        return Err(cdi_error(InstallerError::Command {
+            command: what.clone(),
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        }));
+    }
+    let mut spec: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| {
+        cdi_error(InstallerError::Command {
+            command: what.clone(),
+            status: "exit 0".to_string(),
+            stderr: format!("its output is not JSON: {e}"),
+        })
+    })?;
+    rewrite_prefix(
+        &mut spec,
+        &settings.driver_root_ctr_path,
+        &settings.driver_root,
+    );
+    let text = serde_norway::to_string(&spec).map_err(|e| {
+        cdi_error(InstallerError::Command {
+            command: what.clone(),
+            status: "exit 0".to_string(),
+            stderr: format!("cannot render it as YAML: {e}"),
+        })
+    })?;
+    let path = settings
+        .cdi_output_dir
+        .join(format!("{vendor}-{class}.yaml"));
+    std::fs::create_dir_all(&settings.cdi_output_dir).map_err(|source| {
+        InstallerError::Install {
+            path: settings.cdi_output_dir.clone(),
+            source,
+        }
+    })?;
+    crate::cdi::write_spec_file(&path, &text).map_err(|e| InstallerError::Install {
+        path: path.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    Ok(path)
+}
+
+/// Every string of `value` that is `from` or under it, moved under `to`
+/// (NVIDIA's installer rewrites /driver-root to the host driver root the
+/// same way: the spec is read by the engine on the host).
+fn rewrite_prefix(value: &mut serde_json::Value, from: &Path, to: &Path) {
+    if from == to {
+        return;
+    }
+    match value {
+        serde_json::Value::String(text) => {
+            if let Ok(rest) = Path::new(text.as_str()).strip_prefix(from) {
+                *text = to.join(rest).display().to_string();
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                rewrite_prefix(item, from, to);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (_, item) in map.iter_mut() {
+                rewrite_prefix(item, from, to);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn nvidia_defaults_and_aliases() {
+        let cli = Cli::parse_from(["nvidia-toolkit", "--runtime=containerd"]);
+        let env = |name: &str| match name {
+            "CONTAINERD_CONFIG" => Some("/runtime/config-dir/config.toml".to_string()),
+            "CONTAINERD_RUNTIME_CLASS" => Some("gpu".to_string()),
+            "CONTAINERD_SET_AS_DEFAULT" => Some("false".to_string()),
+            "NVIDIA_DRIVER_ROOT" => Some("/".to_string()),
+            _ => None,
+        };
+        let settings = Settings::resolve(cli, &env, Path::new("/work"));
+        assert_eq!(
+            settings.config.as_deref(),
+            Some(Path::new("/runtime/config-dir/config.toml"))
+        );
+        assert_eq!(settings.runtime_name, "gpu");
+        assert!(!settings.set_as_default);
+        assert_eq!(settings.driver_root, Path::new("/"));
+        assert_eq!(settings.root, Path::new("/usr/local/nvidia"));
+        assert_eq!(settings.host_root, Path::new("/host"));
+        assert_eq!(
+            settings.pid_file,
+            Path::new("/run/nvidia/toolkit/toolkit.pid")
+        );
+        assert_eq!(settings.cdi_output_dir, Path::new("/var/run/cdi"));
+        assert_eq!(settings.source_dir, Path::new("/work"));
+        assert!(settings.runtime_config.accept_envvar_when_unprivileged);
+        assert!(!settings.runtime_config.accept_as_volume_mounts);
+
+        let cli = Cli::parse_from(["nvidia-toolkit"]);
+        let settings = Settings::resolve(cli, &|_| None, Path::new("/work"));
+        assert_eq!(settings.engine, Engine::Docker);
+        assert!(settings.set_as_default);
+        assert_eq!(settings.driver_root, Path::new("/run/nvidia/driver"));
+        assert_eq!(settings.runtime_name, "nvidia");
+    }
+
+    #[test]
+    fn config_toml_has_the_keys_and_forced_modes() {
+        let dir = Path::new("/nonexistent");
+        let mut settings = Settings::for_tests(Engine::Containerd, dir);
+        settings.driver_root = PathBuf::from("/run/nvidia/driver");
+        settings.runtime_config.accept_envvar_when_unprivileged = false;
+        settings.runtime_config.accept_as_volume_mounts = true;
+        settings.runtime_config.annotation_prefixes = Some(vec!["cdi.k8s.io/".into()]);
+        settings.runtime_config.default_kind = Some("management.nvidia.com/gpu".into());
+        let toolkit = Path::new("/usr/local/nvidia/toolkit");
+        let runtimes = vec!["runc".to_string(), "crun".to_string()];
+        let text = toolkit::config_text(&settings, toolkit, "nvidia-container-runtime", &runtimes);
+        let config = crate::config::Config::parse(&text, Path::new("config.toml")).unwrap();
+        assert!(!config.accept_nvidia_visible_devices_envvar_when_unprivileged);
+        assert!(config.accept_nvidia_visible_devices_as_volume_mounts);
+        assert_eq!(config.driver_root(), Path::new("/run/nvidia/driver"));
+        assert_eq!(config.nvidia_container_runtime.runtimes, runtimes);
+        assert_eq!(
+            config.nvidia_container_runtime.mode,
+            crate::config::Mode::Auto
+        );
+        assert_eq!(
+            config.nvidia_container_runtime.modes.cdi.default_kind,
+            "management.nvidia.com/gpu"
+        );
+        assert_eq!(
+            config.nvidia_container_runtime_hook.path,
+            "/usr/local/nvidia/toolkit/nvidia-container-runtime-hook"
+        );
+        for (name, mode) in [
+            ("nvidia-container-runtime.cdi", crate::config::Mode::Cdi),
+            (
+                "nvidia-container-runtime.legacy",
+                crate::config::Mode::Legacy,
+            ),
+        ] {
+            let text = toolkit::config_text(&settings, toolkit, name, &runtimes);
+            let config = crate::config::Config::parse(&text, Path::new("c")).unwrap();
+            assert_eq!(config.nvidia_container_runtime.mode, mode, "{name}");
+        }
+    }
+
+    #[test]
+    fn prefixes_are_rewritten_to_the_host_driver_root() {
+        let mut spec = serde_json::json!({
+            "containerEdits": {"mounts": [{"hostPath": "/driver-root/usr/lib/libcuda.so.1", "containerPath": "/usr/lib/libcuda.so.1"}],
+            "hooks": [{"path": "/usr/local/nvidia/toolkit/nvidia-container-runtime-hook"}]},
+            "other": "/driver-rootx"
+        });
+        rewrite_prefix(
+            &mut spec,
+            Path::new("/driver-root"),
+            Path::new("/run/nvidia/driver"),
+        );
+        assert_eq!(
+            spec["containerEdits"]["mounts"][0]["hostPath"],
+            "/run/nvidia/driver/usr/lib/libcuda.so.1"
+        );
+        assert_eq!(
+            spec["containerEdits"]["mounts"][0]["containerPath"],
+            "/usr/lib/libcuda.so.1"
+        );
+        assert_eq!(spec["other"], "/driver-rootx");
+    }
+}
