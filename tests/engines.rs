@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::json;
 
 const RUNTIME: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime");
 const HOOK: &str = env!("CARGO_BIN_EXE_nvidia-container-runtime-hook");
