@@ -1,15 +1,16 @@
 //! The node installer on a simulated Kubernetes node: a temp dir tree
 //! stands for the host's root (`HOST_ROOT_MOUNT`, with `$ROOT`, the pid
 //! file and the CDI dir inside it), the fake driver stands for the GPUs,
-//! and a real containerd 1.6 (Debian's) runs on its own config, socket,
-//! root and state dirs. The installer runs as a plain process with the
+//! and a real containerd runs on its own config, socket, root and state
+//! dirs: Debian 12's 1.6 and sid's 2.1 (tests/common/generation.rs), each
+//! test once per generation. The installer runs as a plain process with the
 //! environment the GPU Operator's DaemonSet gives it; CRI pods (what
 //! kubelet asks for a pod with `runtimeClassName: nvidia` after the device
 //! plugin's Allocate) check that what it registered works.
 //!
 //! The test plays systemd: containerd exits on the installer's SIGHUP
-//! (containerd#13285; 1.6 does not handle the signal, so Go's default
-//! ends it), and [`Supervised`] starts it again on the same config, as
+//! (containerd#13285; 1.6 and 2.1 do not handle the signal, so Go's
+//! default ends it: seen here, exit status 129), and [`Supervised`] starts it again on the same config, as
 //! `Restart=always` does for containerd.service. The supervisor records
 //! every pid it started, which is how a test knows whether (and how often)
 //! containerd was restarted.
@@ -31,21 +32,41 @@ const INSTALLER: &str = env!("CARGO_BIN_EXE_nvidia-ctk-installer");
 /// The name the GPU Operator execs: the same program.
 const NVIDIA_TOOLKIT: &str = env!("CARGO_BIN_EXE_nvidia-toolkit");
 const CTK: &str = env!("CARGO_BIN_EXE_nvidia-ctk");
-const GPU_IMAGE: &str = "docker.io/library/ncr-gpu:latest";
-const PAUSE_IMAGE: &str = "docker.io/library/ncr-pause:latest";
 const DEADLINE: Duration = Duration::from_secs(90);
 /// A container script that lists what it got and never fails, for pods
 /// that must get no GPU (there is no nvidia-smi in them then).
 const NO_GPU_SCRIPT: &str = "ls /dev; echo ---; nvidia-smi -L 2>&1 || true";
 
-fn tools() -> Option<PathBuf> {
-    if !require_root() {
+/// Root, the tools, and for sid the rig's root. Returns the containerd the
+/// installer runs for its check (RUNTIME_EXECUTABLE_PATH): the host's, or
+/// for sid a two-line wrapper that runs the sid root's (written in `dir`).
+fn tools(generation: Generation) -> Option<Generation> {
+    if !require_generation(generation) {
         return None;
     }
-    for tool in ["ctr", "runc"] {
-        require_tool(tool)?;
+    if generation.engines == Engines::Debian12 {
+        for tool in ["ctr", "runc", "containerd"] {
+            require_tool(tool)?;
+        }
     }
-    require_tool("containerd")
+    Some(generation)
+}
+
+fn containerd_executable(generation: Generation, dir: &Path) -> PathBuf {
+    match generation.engines {
+        Engines::Debian12 => find_in_path("containerd").expect("containerd"),
+        Engines::Sid => {
+            let wrapper = dir.join("containerd-sid");
+            fs::write(
+                &wrapper,
+                format!("#!/bin/sh\nexec '{RIG}' enter -- containerd \"$@\"\n"),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+            wrapper
+        }
+    }
 }
 
 /// containerd under a restart-always supervisor (systemd's part).
@@ -61,12 +82,17 @@ struct Supervised {
 }
 
 impl Supervised {
-    fn start(binary: &Path, config: &Path, dir: &Path, env: Vec<(String, String)>) -> Supervised {
+    fn start(
+        generation: Generation,
+        config: &Path,
+        dir: &Path,
+        env: Vec<(String, String)>,
+    ) -> Supervised {
         let pids = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(AtomicBool::new(false));
         let log = dir.join("containerd.log");
-        let (binary, config, log_path) = (binary.to_path_buf(), config.to_path_buf(), log.clone());
+        let (config, log_path) = (config.to_path_buf(), log.clone());
         let (thread_pids, thread_stop, thread_hold) = (pids.clone(), stop.clone(), hold.clone());
         let thread = std::thread::spawn(move || {
             while !thread_stop.load(Ordering::SeqCst) {
@@ -75,7 +101,10 @@ impl Supervised {
                     .append(true)
                     .open(&log_path)
                     .expect("containerd log");
-                let mut child: Child = Command::new(&binary)
+                // Under the rig the chain execs down to containerd: the
+                // child's pid is containerd's.
+                let mut child: Child = generation
+                    .command("containerd")
                     .arg("--config")
                     .arg(&config)
                     .envs(env.iter().cloned())
@@ -164,14 +193,17 @@ struct Node {
     host: PathBuf,
     driver: FakeDriver,
     config: PathBuf,
+    generation: Generation,
     containerd_binary: PathBuf,
     containerd: Supervised,
 }
 
 impl Node {
-    fn start(name: &str, containerd_binary: PathBuf) -> Node {
+    fn start(name: &str, generation: Generation) -> Node {
         let tmp = TempDir::new(name);
         let dir = tmp.path().to_path_buf();
+        generation.check_version("containerd");
+        let containerd_binary = containerd_executable(generation, &dir);
         let host = dir.join("host");
         let driver = FakeDriver::build(&dir.join("driver"), &FakeDriverOptions::two_gpus());
         // The driver container has loaded its module: the runtime wrappers
@@ -183,12 +215,13 @@ impl Node {
         .unwrap();
         let config = host.join("etc/containerd/config.toml");
         fs::create_dir_all(config.parent().unwrap()).unwrap();
-        fs::write(&config, containerd_config(&dir)).unwrap();
+        let cdi_dir = host.join("var/run/cdi");
+        fs::write(&config, containerd_config(generation, &dir, &cdi_dir)).unwrap();
         let env = vec![(
             "NVIDIA_CONTAINER_RUNTIME_STATE_DIR".to_string(),
             dir.join("ncr-state").display().to_string(),
         )];
-        let containerd = Supervised::start(&containerd_binary, &config, &dir, env);
+        let containerd = Supervised::start(generation, &config, &dir, env);
         containerd.wait_answers();
         let node = Node {
             _tmp: tmp,
@@ -196,6 +229,7 @@ impl Node {
             host,
             driver,
             config,
+            generation,
             containerd_binary,
             containerd,
         };
@@ -221,7 +255,7 @@ impl Node {
     }
 
     fn ctr(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = self.generation.command("ctr");
         cmd.arg("--address")
             .arg(&self.containerd.socket)
             .args(["--namespace", "k8s.io"])
@@ -321,42 +355,6 @@ impl Node {
     }
 }
 
-/// The admin's containerd config (as in tests/engines.rs): its own root,
-/// state and socket, the sandbox image imported locally.
-fn containerd_config(dir: &Path) -> String {
-    format!(
-        r#"# the admin's containerd config (test)
-version = 2
-root = "{root}"
-state = "{state}"
-
-[grpc]
-  address = "{socket}"
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "{PAUSE_IMAGE}" # local, no registry here
-    stream_server_port = "0"
-    # This machine withholds CAP_SYS_RESOURCE: without it the sandbox's
-    # oom_score_adj (-998) is refused, under runc alone too.
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          SystemdCgroup = false
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "{cni}/bin"
-      conf_dir = "{cni}/conf"
-"#,
-        root = dir.join("root").display(),
-        state = dir.join("state").display(),
-        socket = dir.join("containerd.sock").display(),
-        cni = dir.join("cni").display(),
-    )
-}
-
 fn assert_no_gpu(stdout: &str, what: &str) {
     assert!(
         !stdout.contains("nvidia0") && !stdout.contains("nvidia1") && !stdout.contains("UUID"),
@@ -388,9 +386,20 @@ fn wait_for_line(path: &Path, needle: &str, child: &mut Child) {
 /// device plugin strategy and the operator's validator run; a second
 /// installer is refused; SIGTERM puts the config back byte for byte.
 #[test]
-fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm() {
-    let Some(containerd) = tools() else { return };
-    let node = Node::start("installer-daemon", containerd);
+fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm_debian12() {
+    daemonset_installs_serves_pods_and_cleans_up_on_sigterm(Generation::DEBIAN12);
+}
+
+#[test]
+fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm_sid() {
+    daemonset_installs_serves_pods_and_cleans_up_on_sigterm(Generation::SID);
+}
+
+fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm(generation: Generation) {
+    let Some(generation) = tools(generation) else {
+        return;
+    };
+    let node = Node::start("installer-daemon", generation);
     let before = fs::read(&node.config).unwrap();
     let log = node.dir.join("installer.log");
     let mut installer = node
@@ -487,15 +496,27 @@ fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm() {
         "cdi-annotations strategy",
     );
 
-    // cdi-cri: containerd 1.6's CRI has no CDIDevices field (1.7 added
-    // it, behind enable_cdi), so the request is dropped before it reaches
-    // any runtime and the container gets nothing.
+    // cdi-cri: containerd 2.x resolves CRI CDIDevices itself (enable_cdi,
+    // on by default, with the node's CDI dir); 1.6's CRI has no such field
+    // (1.7 added it), so the request is dropped before it reaches any
+    // runtime and the container gets nothing.
     let mut pod = cri::Pod::new(GPU_IMAGE, "nvidia");
     pod.cdi_devices = vec![format!("k8s.device-plugin.nvidia.com/gpu={uuid}")];
-    pod.command = vec!["sh".into(), "-c".into(), NO_GPU_SCRIPT.into()];
-    let out = node.pod(&pod);
-    assert_no_gpu(&out, "cdi-cri strategy on containerd 1.6");
-    println!("cdi-cri on containerd 1.6: CRI CDIDevices ignored; the container saw:\n{out}");
+    if node.generation.engines == Engines::Sid {
+        let out = node.pod(&pod);
+        assert_sees_only_gpu(
+            &node.driver,
+            &out,
+            1,
+            &["nvidia-modeset"],
+            "cdi-cri strategy on containerd 2",
+        );
+    } else {
+        pod.command = vec!["sh".into(), "-c".into(), NO_GPU_SCRIPT.into()];
+        let out = node.pod(&pod);
+        assert_no_gpu(&out, "cdi-cri strategy on containerd 1.6");
+        println!("cdi-cri on containerd 1.6: CRI CDIDevices ignored; the container saw:\n{out}");
+    }
 
     // The operator's toolkit-validation: runtimeClassName nvidia,
     // NVIDIA_VISIBLE_DEVICES=all, nvidia-smi.
@@ -554,9 +575,20 @@ fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm() {
 /// The secure device-list pair, a second run that changes nothing, a
 /// config containerd refuses, and the CDI mode.
 #[test]
-fn secure_pair_idempotent_rerun_rollback_and_cdi() {
-    let Some(containerd) = tools() else { return };
-    let node = Node::start("installer-once", containerd);
+fn secure_pair_idempotent_rerun_rollback_and_cdi_debian12() {
+    secure_pair_idempotent_rerun_rollback_and_cdi(Generation::DEBIAN12);
+}
+
+#[test]
+fn secure_pair_idempotent_rerun_rollback_and_cdi_sid() {
+    secure_pair_idempotent_rerun_rollback_and_cdi(Generation::SID);
+}
+
+fn secure_pair_idempotent_rerun_rollback_and_cdi(generation: Generation) {
+    let Some(generation) = tools(generation) else {
+        return;
+    };
+    let node = Node::start("installer-once", generation);
     let secure = [
         (
             "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED",
@@ -737,7 +769,7 @@ fn secure_pair_idempotent_rerun_rollback_and_cdi() {
     assert!(!node.drop_in().exists(), "{log_text}");
     assert_eq!(
         fs::read_to_string(&node.config).unwrap(),
-        containerd_config(&node.dir),
+        containerd_config(node.generation, &node.dir, &node.cdi_dir()),
         "{log_text}"
     );
     assert_eq!(
@@ -753,9 +785,20 @@ fn secure_pair_idempotent_rerun_rollback_and_cdi() {
 /// start, whenever its supervisor makes it, reads the config it ran on)
 /// and fails.
 #[test]
-fn an_engine_that_does_not_come_back_gets_its_old_config() {
-    let Some(containerd) = tools() else { return };
-    let node = Node::start("installer-silent", containerd);
+fn an_engine_that_does_not_come_back_gets_its_old_config_debian12() {
+    an_engine_that_does_not_come_back_gets_its_old_config(Generation::DEBIAN12);
+}
+
+#[test]
+fn an_engine_that_does_not_come_back_gets_its_old_config_sid() {
+    an_engine_that_does_not_come_back_gets_its_old_config(Generation::SID);
+}
+
+fn an_engine_that_does_not_come_back_gets_its_old_config(generation: Generation) {
+    let Some(generation) = tools(generation) else {
+        return;
+    };
+    let node = Node::start("installer-silent", generation);
     let before = fs::read(&node.config).unwrap();
     node.containerd.hold(true);
     let out = node.install_once(&[("RUNTIME_READY_TIMEOUT", "3")]);
@@ -782,7 +825,9 @@ fn an_engine_that_does_not_come_back_gets_its_old_config() {
 /// gets the GPU, and SIGTERM puts daemon.json back byte for byte.
 #[test]
 fn docker_signal_reload_and_cleanup() {
-    let Some(_) = tools() else { return };
+    let Some(_) = tools(Generation::DEBIAN12) else {
+        return;
+    };
     let Some(dockerd) = require_tool("dockerd") else {
         return;
     };

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod bundle;
+mod containerd;
 pub mod cri;
 mod fake_driver;
 mod generation;
@@ -23,8 +24,8 @@ mod world;
 // Each test file uses its share of these; `use common::*` gives it all.
 #[allow(unused_imports)]
 pub use {
-    artifacts::*, bundle::*, fake_driver::*, generation::*, oci_image::*, podman::*, procfs::*,
-    rootfs::*, run::*, world::*,
+    artifacts::*, bundle::*, containerd::*, fake_driver::*, generation::*, oci_image::*, podman::*,
+    procfs::*, rootfs::*, run::*, world::*,
 };
 
 use std::collections::hash_map::DefaultHasher;
