@@ -217,10 +217,19 @@ impl Node {
         fs::create_dir_all(config.parent().unwrap()).unwrap();
         let cdi_dir = host.join("var/run/cdi");
         fs::write(&config, containerd_config(generation, &dir, &cdi_dir)).unwrap();
-        let env = vec![(
-            "NVIDIA_CONTAINER_RUNTIME_STATE_DIR".to_string(),
-            dir.join("ncr-state").display().to_string(),
-        )];
+        let env = vec![
+            (
+                "NVIDIA_CONTAINER_RUNTIME_STATE_DIR".to_string(),
+                dir.join("ncr-state").display().to_string(),
+            ),
+            // Under the rig: one /run for every containerd this node
+            // starts, as a host has, so a restarted containerd finds the
+            // shims of the containers that outlived its previous run.
+            (
+                "NCR_RIG_RUN".to_string(),
+                dir.join("run").display().to_string(),
+            ),
+        ];
         let containerd = Supervised::start(generation, &config, &dir, env);
         containerd.wait_answers();
         let node = Node {
@@ -256,6 +265,7 @@ impl Node {
 
     fn ctr(&self, args: &[&str]) -> Command {
         let mut cmd = self.generation.command("ctr");
+        cmd.env("NCR_RIG_RUN", self.dir.join("run"));
         cmd.arg("--address")
             .arg(&self.containerd.socket)
             .args(["--namespace", "k8s.io"])
@@ -996,4 +1006,215 @@ fn docker_signal_reload_and_cleanup() {
         runtimes()
     );
     drop(daemon);
+}
+
+/// The installer's image (deploy/kubernetes/image/build.sh, from this
+/// build's binaries) run the way the DaemonSet has kubelet run it: a
+/// container of the node's own containerd, privileged, in the host's pid
+/// namespace (hostPID: the installer finds containerd's pid through the
+/// socket), with the DaemonSet's host mounts pointing into the node's tree
+/// (deploy/kubernetes/daemonset.yaml: /host, /runtime/config-dir,
+/// /runtime/config-dir.d, /runtime/sock-dir). Its container outlives the
+/// containerd restarts it causes, as a pod's does. Paths the host's
+/// containerd and runtime read ($ROOT, the driver, the CDI dir, the pid
+/// file) are mounted at the same path, as the DaemonSet mounts
+/// /usr/local/nvidia and /var/run/cdi.
+#[test]
+fn the_installer_image_runs_as_the_daemonset_debian12() {
+    the_installer_image_runs_as_the_daemonset(Generation::DEBIAN12);
+}
+
+#[test]
+fn the_installer_image_runs_as_the_daemonset_sid() {
+    the_installer_image_runs_as_the_daemonset(Generation::SID);
+}
+
+fn the_installer_image_runs_as_the_daemonset(generation: Generation) {
+    let Some(generation) = tools(generation) else {
+        return;
+    };
+    let node = Node::start("installer-image", generation);
+    let before = fs::read(&node.config).unwrap();
+
+    // The image, without a registry.
+    let image_dir = node.dir.join("image");
+    let build = command_output({
+        let mut cmd = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/kubernetes/image/build.sh"
+        ));
+        cmd.arg(&image_dir)
+            .env("BINARIES", Path::new(INSTALLER).parent().unwrap())
+            .stdin(Stdio::null());
+        cmd
+    });
+    build.assert_success("deploy/kubernetes/image/build.sh");
+    let image = build.stdout.lines().next().unwrap().trim().to_string();
+    let archive = image_dir.join("installer-oci.tar").display().to_string();
+    command_output(node.ctr(&["image", "import", "--snapshotter", "overlayfs", &archive]))
+        .assert_success("ctr image import (the installer's image)");
+
+    // The DaemonSet's environment; the node's paths where the host's
+    // containerd must find them.
+    let drop_in_dir = node.host.join("etc/containerd/conf.d");
+    fs::create_dir_all(&drop_in_dir).unwrap();
+    let base = node.installer(INSTALLER, &[]);
+    let mut env: Vec<(String, String)> = base
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+        .filter(|(k, _)| !matches!(k.as_str(), "RUNTIME_EXECUTABLE_PATH" | "TOOLKIT_SOURCE_DIR"))
+        .collect();
+    let set = |env: &mut Vec<(String, String)>, key: &str, value: String| {
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_string(), value));
+    };
+    set(&mut env, "HOST_ROOT_MOUNT", "/host".into());
+    set(
+        &mut env,
+        "RUNTIME_CONFIG",
+        "/runtime/config-dir/config.toml".into(),
+    );
+    set(
+        &mut env,
+        "RUNTIME_DROP_IN_CONFIG",
+        "/runtime/config-dir.d/99-nvidia.toml".into(),
+    );
+    set(
+        &mut env,
+        "RUNTIME_DROP_IN_CONFIG_HOST_PATH",
+        node.drop_in().display().to_string(),
+    );
+    set(
+        &mut env,
+        "RUNTIME_SOCKET",
+        "/runtime/sock-dir/containerd.sock".into(),
+    );
+    set(
+        &mut env,
+        "RUNTIME_CONFIG_HOST_PATH",
+        node.config.display().to_string(),
+    );
+    let log = node.dir.join("installer-container.log");
+    let mut args: Vec<String> = ["run", "-d", "--snapshotter", "overlayfs", "--privileged"]
+        .map(String::from)
+        .to_vec();
+    // hostPID: the pid namespace of this test (this machine's pid 1 is not
+    // ours to read).
+    args.push("--with-ns".into());
+    args.push(format!("pid:/proc/{}/ns/pid", std::process::id()));
+    args.push("--log-uri".into());
+    args.push(format!("file://{}", log.display()));
+    let dir = node.dir.display().to_string();
+    for (source, target, options) in [
+        (
+            node.host.display().to_string(),
+            "/host".to_string(),
+            "rbind:ro",
+        ),
+        (
+            node.host.join("etc/containerd").display().to_string(),
+            "/runtime/config-dir".to_string(),
+            "rbind:rw",
+        ),
+        (
+            drop_in_dir.display().to_string(),
+            "/runtime/config-dir.d".to_string(),
+            "rbind:rw",
+        ),
+        (dir.clone(), "/runtime/sock-dir".to_string(), "rbind:rw"),
+        (dir.clone(), dir.clone(), "rbind:rw"),
+    ] {
+        args.push("--mount".into());
+        args.push(format!(
+            "type=bind,src={source},dst={target},options={options}"
+        ));
+    }
+    for (key, value) in &env {
+        args.push("--env".into());
+        args.push(format!("{key}={value}"));
+    }
+    args.push(image);
+    let id = unique_id("toolkit");
+    args.push(id.clone());
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    command_output(node.ctr(&arg_refs)).assert_success("ctr run -d (the installer's container)");
+
+    // Up: registered, containerd restarted once and answering.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("waiting for SIGTERM") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the installer's container did not get ready:\n{text}\n--- containerd ---\n{}",
+            node.containerd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    node.containerd.wait_answers();
+    assert!(
+        node.containerd.started().len() >= 2,
+        "containerd was not restarted"
+    );
+    assert!(node
+        .root()
+        .join("toolkit/nvidia-container-runtime.real")
+        .is_file());
+    let uuid = node.driver.gpus[1].uuid.clone();
+    let out = node
+        .pod(&cri::Pod::new(GPU_IMAGE, "nvidia").env(&[&format!("NVIDIA_VISIBLE_DEVICES={uuid}")]));
+    assert_sees_only_gpu(
+        &node.driver,
+        &out,
+        1,
+        &[],
+        "a pod after the installer's container",
+    );
+
+    // SIGTERM to the container (a DaemonSet deleted): the config comes
+    // back byte for byte, and containerd answers again.
+    let retry = |what: &str, args: &[&str], ok: &dyn Fn(&RunOutput) -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let out = command_output(node.ctr(args));
+            if ok(&out) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {out:?}\n--- the installer ---\n{}\n--- containerd ---\n{}",
+                fs::read_to_string(&log).unwrap_or_default(),
+                node.containerd.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // The cleanup restarts containerd, which may cut ctr's call short: a
+    // retry then finds the task finished, which the log below must explain.
+    retry(
+        "ctr task kill",
+        &["task", "kill", "--signal", "SIGTERM", &id],
+        &|o| o.success() || o.stderr.contains("already finished"),
+    );
+    retry("the installer's task to stop", &["task", "ls"], &|o| {
+        o.success()
+            && o.stdout
+                .lines()
+                .any(|line| line.starts_with(&id) && line.contains("STOPPED"))
+    });
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("got SIGTERM: cleaning up"), "{text}");
+    assert_eq!(fs::read(&node.config).unwrap(), before, "{text}");
+    assert!(!node.drop_in().exists(), "{text}");
+    node.containerd.wait_answers();
+    retry("ctr task delete", &["task", "delete", &id], &|o| {
+        o.success()
+    });
+    retry(
+        "ctr container delete",
+        &["container", "delete", &id],
+        &|o| o.success(),
+    );
 }

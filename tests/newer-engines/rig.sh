@@ -117,8 +117,16 @@ enter_namespace() {
         umount "$ROOT/sys/fs/cgroup/unified" 2>/dev/null || true
     fi
     # A private /run per namespace: daemons' sockets and state live in the
-    # tests' own dirs, never in the root shared by every test.
-    mount -t tmpfs -o mode=755 tmpfs "$ROOT/run"
+    # tests' own dirs, never in the root shared by every test. NCR_RIG_RUN
+    # names a dir to use instead, for programs that must share /run across
+    # entries, as on a real host (containerd restarted by a test finds the
+    # shims its previous run started under /run/containerd).
+    if [ -n "${NCR_RIG_RUN:-}" ]; then
+        mkdir -p "$NCR_RIG_RUN"
+        mount --bind "$NCR_RIG_RUN" "$ROOT/run"
+    else
+        mount -t tmpfs -o mode=755 tmpfs "$ROOT/run"
+    fi
     # The same paths as on the host: temp dirs, our binaries, the fixtures.
     mount --rbind /tmp "$ROOT/tmp"
     local dir

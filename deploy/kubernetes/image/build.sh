@@ -9,6 +9,7 @@
 #                              `podman load`
 #
 #   deploy/kubernetes/image/build.sh [OUT] [IMAGE_NAME]
+#   BINARIES=target/debug deploy/kubernetes/image/build.sh ...   (no build)
 #
 # The runtime, its hook and the installer are static executables (as in
 # the Debian package); the tools that load the driver's NVML (nvidia-ctk's
@@ -23,10 +24,17 @@ cargo="${CARGO:-cargo}"
 STATIC=(nvidia-ctk-installer nvidia-container-runtime nvidia-container-runtime-hook)
 DYNAMIC=(nvidia-ctk nvidia-cdi-hook nvidia-container-runtime-facts)
 
-for bin in "${STATIC[@]}"; do
-    "$cargo" rustc --release --locked --bin "$bin" -- -C target-feature=+crt-static
-done
-"$cargo" build --release --locked $(printf -- '--bin %s ' "${DYNAMIC[@]}")
+# BINARIES: a dir of binaries already built (the tests pass target/debug);
+# whatever is dynamic among them gets its libraries copied in too.
+binaries="${BINARIES:-}"
+if [ -z "$binaries" ]; then
+    for bin in "${STATIC[@]}"; do
+        "$cargo" rustc --release --locked --bin "$bin" -- -C target-feature=+crt-static
+    done
+    "$cargo" build --release --locked $(printf -- '--bin %s ' "${DYNAMIC[@]}")
+    binaries=target/release
+fi
+binaries="$(realpath "$binaries")"
 
 root="$out/rootfs"
 rm -rf "$out"
@@ -41,14 +49,16 @@ for applet in $("$root/bin/busybox" --list); do
     [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
 for bin in "${STATIC[@]}" "${DYNAMIC[@]}"; do
-    install -m 0755 "target/release/$bin" "$root/usr/bin/$bin"
+    install -m 0755 "$binaries/$bin" "$root/usr/bin/$bin"
+    # No debug info in an image that every GPU node pulls.
+    strip --strip-debug "$root/usr/bin/$bin"
 done
 # The operator execs `nvidia-toolkit` (and its image has /work/nvidia-toolkit).
 ln -s nvidia-ctk-installer "$root/usr/bin/nvidia-toolkit"
 ln -s /usr/bin/nvidia-ctk-installer "$root/work/nvidia-toolkit"
-# glibc for the dynamic tools, at the paths their PT_INTERP and NEEDED name.
-for bin in "${DYNAMIC[@]}"; do
-    ldd "target/release/$bin" | awk '/=> \// { print $3 } /^\t\// { print $1 }'
+# glibc for the dynamic ones, at the paths their PT_INTERP and NEEDED name.
+for bin in "${STATIC[@]}" "${DYNAMIC[@]}"; do
+    ldd "$binaries/$bin" 2>/dev/null | awk '/=> \// { print $3 } /^\t\// { print $1 }' || true
 done | sort -u | while read -r lib; do
     mkdir -p "$root$(dirname "$lib")"
     cp -L "$lib" "$root$lib"
