@@ -354,28 +354,14 @@ fn docker_cli(generation: Generation) -> PathBuf {
     find_in_path("docker").unwrap_or_else(|| panic!("`docker` is not installed: {INSTALL}"))
 }
 
-#[test]
-fn dockerd_end_to_end_debian12() {
-    dockerd_end_to_end(Generation::DEBIAN12);
-}
-
-#[test]
-fn dockerd_end_to_end_sid() {
-    dockerd_end_to_end(Generation::SID);
-}
+per_generation!(dockerd_end_to_end: debian12 = Generation::DEBIAN12,
+    sid = Generation::SID,
+    debian12_cgroup_v2 = Generation::DEBIAN12.on_cgroup_v2(),
+    sid_cgroup_v2 = Generation::SID.on_cgroup_v2()
+);
 
 /// dockerd in a cgroup v2 namespace (it warns that it cannot find the cpu
 /// and memory controllers: only hugetlb is free for v2 here).
-#[test]
-fn dockerd_end_to_end_debian12_cgroup_v2() {
-    dockerd_end_to_end(Generation::DEBIAN12.on_cgroup_v2());
-}
-
-#[test]
-fn dockerd_end_to_end_sid_cgroup_v2() {
-    dockerd_end_to_end(Generation::SID.on_cgroup_v2());
-}
-
 fn dockerd_end_to_end(generation: Generation) {
     let Some(_) = require(generation, &["dockerd", "containerd", "runc"]) else {
         return;
@@ -676,15 +662,7 @@ fn dockerd_end_to_end(generation: Generation) {
 // containerd: ctr and the Kubernetes CRI path
 // ---------------------------------------------------------------------------
 
-#[test]
-fn containerd_reads_our_drop_in_with_the_admins_settings_debian12() {
-    containerd_reads_our_drop_in_with_the_admins_settings(Generation::DEBIAN12);
-}
-
-#[test]
-fn containerd_reads_our_drop_in_with_the_admins_settings_sid() {
-    containerd_reads_our_drop_in_with_the_admins_settings(Generation::SID);
-}
+per_generation!(containerd_reads_our_drop_in_with_the_admins_settings);
 
 fn containerd_reads_our_drop_in_with_the_admins_settings(generation: Generation) {
     let Some(_) = require(generation, &["containerd"]) else {
@@ -762,15 +740,7 @@ impl Containerd {
     }
 }
 
-#[test]
-fn containerd_ctr_and_cri_end_to_end_debian12() {
-    containerd_ctr_and_cri_end_to_end(Generation::DEBIAN12);
-}
-
-#[test]
-fn containerd_ctr_and_cri_end_to_end_sid() {
-    containerd_ctr_and_cri_end_to_end(Generation::SID);
-}
+per_generation!(containerd_ctr_and_cri_end_to_end);
 
 fn containerd_ctr_and_cri_end_to_end(generation: Generation) {
     let Some(_) = require(generation, &["containerd", "ctr", "runc"]) else {
@@ -924,20 +894,12 @@ fn containerd_ctr_and_cri_end_to_end(generation: Generation) {
     assert!(!dir.join("conf.d/99-nvidia.toml").exists());
 }
 
+per_generation!(containerd_on_cgroup_v2: debian12 = Generation::DEBIAN12.on_cgroup_v2(), sid = Generation::SID.on_cgroup_v2());
+
 /// containerd in a cgroup v2 namespace: `ctr run` works once it asks for no
 /// CPU shares (only hugetlb is free for v2 here), the CRI does not (its
 /// sandbox writes cpu.weight): the test prints the CRI's error, and fails if
 /// the CRI starts working, so that the cell gets tested then.
-#[test]
-fn containerd_on_cgroup_v2_debian12() {
-    containerd_on_cgroup_v2(Generation::DEBIAN12.on_cgroup_v2());
-}
-
-#[test]
-fn containerd_on_cgroup_v2_sid() {
-    containerd_on_cgroup_v2(Generation::SID.on_cgroup_v2());
-}
-
 fn containerd_on_cgroup_v2(generation: Generation) {
     let Some(_) = require(generation, &["containerd", "ctr", "runc"]) else {
         return;
@@ -1009,25 +971,11 @@ fn containerd_on_cgroup_v2(generation: Generation) {
 // podman
 // ---------------------------------------------------------------------------
 
-#[test]
-fn podman_end_to_end_debian12() {
-    podman_end_to_end(Generation::DEBIAN12);
-}
-
-#[test]
-fn podman_end_to_end_sid() {
-    podman_end_to_end(Generation::SID);
-}
-
-#[test]
-fn podman_end_to_end_debian12_cgroup_v2() {
-    podman_end_to_end(Generation::DEBIAN12.on_cgroup_v2());
-}
-
-#[test]
-fn podman_end_to_end_sid_cgroup_v2() {
-    podman_end_to_end(Generation::SID.on_cgroup_v2());
-}
+per_generation!(podman_end_to_end: debian12 = Generation::DEBIAN12,
+    sid = Generation::SID,
+    debian12_cgroup_v2 = Generation::DEBIAN12.on_cgroup_v2(),
+    sid_cgroup_v2 = Generation::SID.on_cgroup_v2()
+);
 
 fn podman_end_to_end(generation: Generation) {
     let Some(_) = require(generation, &["podman", "runc"]) else {

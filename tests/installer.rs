@@ -392,19 +392,11 @@ fn wait_for_line(path: &Path, needle: &str, child: &mut Child) {
     }
 }
 
+per_generation!(daemonset_installs_serves_pods_and_cleans_up_on_sigterm);
+
 /// The DaemonSet's life: `nvidia-toolkit` installs and waits; pods of every
 /// device plugin strategy and the operator's validator run; a second
 /// installer is refused; SIGTERM puts the config back byte for byte.
-#[test]
-fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm_debian12() {
-    daemonset_installs_serves_pods_and_cleans_up_on_sigterm(Generation::DEBIAN12);
-}
-
-#[test]
-fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm_sid() {
-    daemonset_installs_serves_pods_and_cleans_up_on_sigterm(Generation::SID);
-}
-
 fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm(generation: Generation) {
     let Some(generation) = tools(generation) else {
         return;
@@ -582,18 +574,10 @@ fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm(generation: Generatio
     node.containerd.wait_answers();
 }
 
+per_generation!(secure_pair_idempotent_rerun_rollback_and_cdi);
+
 /// The secure device-list pair, a second run that changes nothing, a
 /// config containerd refuses, and the CDI mode.
-#[test]
-fn secure_pair_idempotent_rerun_rollback_and_cdi_debian12() {
-    secure_pair_idempotent_rerun_rollback_and_cdi(Generation::DEBIAN12);
-}
-
-#[test]
-fn secure_pair_idempotent_rerun_rollback_and_cdi_sid() {
-    secure_pair_idempotent_rerun_rollback_and_cdi(Generation::SID);
-}
-
 fn secure_pair_idempotent_rerun_rollback_and_cdi(generation: Generation) {
     let Some(generation) = tools(generation) else {
         return;
@@ -790,20 +774,12 @@ fn secure_pair_idempotent_rerun_rollback_and_cdi(generation: Generation) {
     node.containerd.wait_answers();
 }
 
+per_generation!(an_engine_that_does_not_come_back_gets_its_old_config);
+
 /// containerd exits on the SIGHUP and does not come back in time: the
 /// installer puts the previous bytes back (so that the engine's next
 /// start, whenever its supervisor makes it, reads the config it ran on)
 /// and fails.
-#[test]
-fn an_engine_that_does_not_come_back_gets_its_old_config_debian12() {
-    an_engine_that_does_not_come_back_gets_its_old_config(Generation::DEBIAN12);
-}
-
-#[test]
-fn an_engine_that_does_not_come_back_gets_its_old_config_sid() {
-    an_engine_that_does_not_come_back_gets_its_old_config(Generation::SID);
-}
-
 fn an_engine_that_does_not_come_back_gets_its_old_config(generation: Generation) {
     let Some(generation) = tools(generation) else {
         return;
@@ -1008,6 +984,8 @@ fn docker_signal_reload_and_cleanup() {
     drop(daemon);
 }
 
+per_generation!(the_installer_image_runs_as_the_daemonset);
+
 /// The installer's image (deploy/kubernetes/image/build.sh, from this
 /// build's binaries) run the way the DaemonSet has kubelet run it: a
 /// container of the node's own containerd, privileged, in the host's pid
@@ -1019,16 +997,6 @@ fn docker_signal_reload_and_cleanup() {
 /// containerd and runtime read ($ROOT, the driver, the CDI dir, the pid
 /// file) are mounted at the same path, as the DaemonSet mounts
 /// /usr/local/nvidia and /var/run/cdi.
-#[test]
-fn the_installer_image_runs_as_the_daemonset_debian12() {
-    the_installer_image_runs_as_the_daemonset(Generation::DEBIAN12);
-}
-
-#[test]
-fn the_installer_image_runs_as_the_daemonset_sid() {
-    the_installer_image_runs_as_the_daemonset(Generation::SID);
-}
-
 fn the_installer_image_runs_as_the_daemonset(generation: Generation) {
     let Some(generation) = tools(generation) else {
         return;

@@ -320,3 +320,24 @@ pub fn require_generation(generation: Generation) -> bool {
     }
     true
 }
+
+/// One `#[test]` per generation for a test body `fn name(Generation)`: a
+/// module `name` holding `debian12` and `sid` (and any other
+/// `test = GENERATION` given), so each engine test is written once.
+#[macro_export]
+macro_rules! per_generation {
+    ($body:ident) => {
+        $crate::per_generation!($body: debian12 = Generation::DEBIAN12, sid = Generation::SID);
+    };
+    ($body:ident: $($test:ident = $generation:expr),+ $(,)?) => {
+        mod $body {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    super::$body($generation);
+                }
+            )+
+        }
+    };
+}
