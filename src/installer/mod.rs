@@ -141,7 +141,7 @@ pub enum InstallerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the engine did not answer on {socket} within {timeout:?} after its restart")]
+    #[error("the engine did not answer on {socket} within {timeout:?} after its restart: read its log (journalctl -u containerd, or the engine's own), and raise RUNTIME_READY_TIMEOUT if it is only slow")]
     NotReady { socket: PathBuf, timeout: Duration },
     #[error("{source}; the previous config was put back and the engine restarted")]
     RolledBack {
