@@ -24,8 +24,10 @@
 //!    and [`configure`] (the engines' configs).
 //! 8. Leaves: [`ldcache`], [`elf`], [`confined`], [`atomic`], [`bounded`]
 //!    (the size limit of every input read whole),
-//!    [`requirements`], [`logging`], and [`system`], the one seam for side
-//!    effects on a container or the host.
+//!    [`requirements`], [`logging`], [`engine_api`] (the engines' CRI and
+//!    Engine API, as clients: does the engine answer, which runtimes does
+//!    it know), and [`system`], the one seam for side effects on a
+//!    container or the host.
 
 pub mod cdi;
 pub mod config;
@@ -45,6 +47,7 @@ pub mod atomic;
 pub mod bounded;
 pub mod confined;
 pub mod elf;
+pub mod engine_api;
 pub mod ldcache;
 pub mod logging;
 pub mod requirements;

@@ -595,6 +595,31 @@ fn dockerd_end_to_end(generation: Generation) {
         "{}",
         docker.runtimes()
     );
+    // The library's Engine API client (what the node installer checks a
+    // dockerd reload with) reads what the docker CLI reads.
+    let info = nvidia_container_runtime::engine_api::docker::info(
+        &dir.join("docker.sock"),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(info.default_runtime, "nvidia", "{info:?}");
+    let cli: serde_json::Value = serde_json::from_str(
+        docker
+            .run(&["info", "--format", "{{json .Runtimes}}"])
+            .stdout
+            .trim(),
+    )
+    .unwrap();
+    let mut listed: Vec<String> = cli.as_object().unwrap().keys().cloned().collect();
+    listed.sort();
+    let mut ours = info.runtimes.clone();
+    ours.sort();
+    assert_eq!(ours, listed);
+    assert!(ours.iter().any(|r| r == "nvidia"), "{info:?}");
+    let version = docker
+        .run(&["version", "--format", "{{.Server.Version}}"])
+        .stdout;
+    assert_eq!(info.server_version, version.trim());
 
     // A container that asks for nothing runs exactly as under runc.
     let probe = "ls -l /dev; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
@@ -740,6 +765,74 @@ impl Containerd {
     }
 }
 
+/// The library's CRI client (src/engine_api, what the node installer
+/// checks a restart with) against containerd, read beside tonic's
+/// generated client: the same Version, RuntimeReady, the same verbose
+/// config, and our handler among the ones it names (1.6 and 1.7
+/// have no `runtime_handlers`: their CRI config's runtimes stand in).
+fn assert_our_cri_client_reads_what_kubelet_reads(generation: Generation, socket: &Path) {
+    use nvidia_container_runtime::engine_api::cri as ours;
+    let timeout = Duration::from_secs(30);
+    let version = ours::version(socket, timeout).unwrap();
+    let status = ours::status(socket, true, timeout).unwrap();
+    let (their_version, their_status) = cri::version_and_status(socket).unwrap();
+    println!(
+        "our CRI client ({generation}): {version:?}, handlers {:?}",
+        status.handlers()
+    );
+    assert_eq!(version.runtime_name, "containerd");
+    assert_eq!(version.runtime_name, their_version.runtime_name);
+    assert_eq!(version.runtime_version, their_version.runtime_version);
+    assert_eq!(
+        version.runtime_api_version,
+        their_version.runtime_api_version
+    );
+    assert!(
+        version
+            .runtime_version
+            .starts_with(match generation.engines {
+                Engines::Debian12 => "1.6.",
+                Engines::Sid => "2.",
+            })
+            || version.runtime_version.starts_with('v'),
+        "{version:?}"
+    );
+    let ready = status.condition("RuntimeReady").expect("RuntimeReady");
+    assert!(ready.status, "{ready:?}");
+    let their_ready = their_status
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .unwrap();
+    assert_eq!(ready.status, their_ready.status);
+    assert_eq!(
+        status.info("config"),
+        their_status.info.get("config").map(String::as_str)
+    );
+    let their_handlers: Vec<String> = their_status
+        .runtime_handlers
+        .into_iter()
+        .map(|h| h.name)
+        .collect();
+    assert_eq!(status.runtime_handlers, their_handlers);
+    let handlers = status.handlers().expect("containerd names its handlers");
+    // `runtime configure` adds the one handler (the installer all three).
+    for name in ["runc", "nvidia"] {
+        assert!(
+            handlers.iter().any(|h| h == name),
+            "{name} not in {handlers:?}"
+        );
+    }
+    if generation.engines == Engines::Sid {
+        assert!(
+            !status.runtime_handlers.is_empty(),
+            "containerd 2 fills runtime_handlers"
+        );
+    }
+}
+
 per_generation!(containerd_ctr_and_cri_end_to_end);
 
 fn containerd_ctr_and_cri_end_to_end(generation: Generation) {
@@ -779,6 +872,7 @@ fn containerd_ctr_and_cri_end_to_end(generation: Generation) {
     assert!(dir.join("conf.d/99-nvidia.toml").exists());
 
     let containerd = Containerd::start(generation, dir, &config, &gpus.daemon_env());
+    assert_our_cri_client_reads_what_kubelet_reads(generation, &containerd.socket);
     for (kind, name, entrypoint) in [
         (
             RootfsKind::Glibc { ldconfig: false },

@@ -72,6 +72,8 @@ fn containerd_executable(generation: Generation, dir: &Path) -> PathBuf {
 /// containerd under a restart-always supervisor (systemd's part).
 struct Supervised {
     pids: Arc<Mutex<Vec<u32>>>,
+    /// The config the next start runs on (a unit's `--config`).
+    config: Arc<Mutex<PathBuf>>,
     stop: Arc<AtomicBool>,
     /// While set, an exited containerd is not started again (a supervisor
     /// that gave up, or a node whose containerd crash-loops).
@@ -92,8 +94,10 @@ impl Supervised {
         let stop = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(AtomicBool::new(false));
         let log = dir.join("containerd.log");
-        let (config, log_path) = (config.to_path_buf(), log.clone());
+        let config = Arc::new(Mutex::new(config.to_path_buf()));
+        let log_path = log.clone();
         let (thread_pids, thread_stop, thread_hold) = (pids.clone(), stop.clone(), hold.clone());
+        let thread_config = config.clone();
         let thread = std::thread::spawn(move || {
             while !thread_stop.load(Ordering::SeqCst) {
                 let log = fs::OpenOptions::new()
@@ -103,6 +107,7 @@ impl Supervised {
                     .expect("containerd log");
                 // Under the rig the chain execs down to containerd: the
                 // child's pid is containerd's.
+                let config = thread_config.lock().unwrap().clone();
                 let mut child: Child = generation
                     .command("containerd")
                     .arg("--config")
@@ -143,12 +148,18 @@ impl Supervised {
         });
         Supervised {
             pids,
+            config,
             stop,
             hold,
             thread: Some(thread),
             socket: dir.join("containerd.sock"),
             log,
         }
+    }
+
+    /// From the next start on, containerd runs on `config`.
+    fn run_on(&self, config: &Path) {
+        *self.config.lock().unwrap() = config.to_path_buf();
     }
 
     fn hold(&self, hold: bool) {
@@ -199,6 +210,12 @@ struct Node {
 }
 
 impl Node {
+    /// The node of one test, or `None` (a loud skip) without root or the
+    /// generation's tools.
+    fn for_test(name: &str, generation: Generation) -> Option<Node> {
+        Some(Node::start(name, tools(generation)?))
+    }
+
     fn start(name: &str, generation: Generation) -> Node {
         let tmp = TempDir::new(name);
         let dir = tmp.path().to_path_buf();
@@ -398,10 +415,9 @@ per_generation!(daemonset_installs_serves_pods_and_cleans_up_on_sigterm);
 /// device plugin strategy and the operator's validator run; a second
 /// installer is refused; SIGTERM puts the config back byte for byte.
 fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm(generation: Generation) {
-    let Some(generation) = tools(generation) else {
+    let Some(node) = Node::for_test("installer-daemon", generation) else {
         return;
     };
-    let node = Node::start("installer-daemon", generation);
     let before = fs::read(&node.config).unwrap();
     let log = node.dir.join("installer.log");
     let mut installer = node
@@ -417,9 +433,24 @@ fn daemonset_installs_serves_pods_and_cleans_up_on_sigterm(generation: Generatio
         installed_log.contains("containerd config dump lists our runtimes"),
         "{installed_log}"
     );
+    // After the restart the installer asked the CRI itself, as kubelet
+    // will: it answers and serves our three handlers.
+    assert!(
+        installed_log.contains(
+            "answers on its CRI and serves runtime handlers nvidia, nvidia-cdi, nvidia-legacy"
+        ),
+        "{installed_log}"
+    );
     // SIGHUP ended the first containerd; the supervisor started another.
     assert_eq!(node.containerd.started().len(), 2, "{installed_log}");
     node.containerd.wait_answers();
+    // So does kubelet's client (runtime_handlers: containerd 2 only).
+    if generation.engines == Engines::Sid {
+        let handlers = cri::runtime_handlers(&node.containerd.socket).unwrap();
+        for handler in ["nvidia", "nvidia-cdi", "nvidia-legacy"] {
+            assert!(handlers.iter().any(|h| h == handler), "{handlers:?}");
+        }
+    }
     let toolkit = node.root().join("toolkit");
     for file in [
         "nvidia-container-runtime",
@@ -579,10 +610,9 @@ per_generation!(secure_pair_idempotent_rerun_rollback_and_cdi);
 /// The secure device-list pair, a second run that changes nothing, a
 /// config containerd refuses, and the CDI mode.
 fn secure_pair_idempotent_rerun_rollback_and_cdi(generation: Generation) {
-    let Some(generation) = tools(generation) else {
+    let Some(node) = Node::for_test("installer-once", generation) else {
         return;
     };
-    let node = Node::start("installer-once", generation);
     let secure = [
         (
             "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED",
@@ -781,10 +811,9 @@ per_generation!(an_engine_that_does_not_come_back_gets_its_old_config);
 /// start, whenever its supervisor makes it, reads the config it ran on)
 /// and fails.
 fn an_engine_that_does_not_come_back_gets_its_old_config(generation: Generation) {
-    let Some(generation) = tools(generation) else {
+    let Some(node) = Node::for_test("installer-silent", generation) else {
         return;
     };
-    let node = Node::start("installer-silent", generation);
     let before = fs::read(&node.config).unwrap();
     node.containerd.hold(true);
     let out = node.install_once(&[("RUNTIME_READY_TIMEOUT", "3")]);
@@ -804,6 +833,121 @@ fn an_engine_that_does_not_come_back_gets_its_old_config(generation: Generation)
     node.containerd.hold(false);
     node.containerd.wait_answers();
     assert_eq!(node.containerd.started().len(), 2);
+}
+
+per_generation!(an_engine_on_another_config_is_rolled_back);
+
+/// The installer edits one file and the node's containerd runs on
+/// another (a unit whose `--config` names a copy): `config dump` of the
+/// edited file lists our runtimes, containerd restarts and answers, and
+/// only its CRI shows that it serves none of them. The installer says so,
+/// puts the previous bytes back, restarts containerd again and fails.
+fn an_engine_on_another_config_is_rolled_back(generation: Generation) {
+    let Some(node) = Node::for_test("installer-elsewhere", generation) else {
+        return;
+    };
+    let before = fs::read(&node.config).unwrap();
+    let elsewhere = node.host.join("etc/containerd/config-of-the-unit.toml");
+    fs::write(&elsewhere, &before).unwrap();
+    node.containerd.run_on(&elsewhere);
+    let out = node.install_once(&[]);
+    assert!(
+        !out.success(),
+        "installed for a containerd that does not read it:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("containerd config dump lists our runtimes"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "answers after its restart but serves no runtime handler nvidia, nvidia-cdi, nvidia-legacy (it serves runc): it does not read {}",
+            node.config.display()
+        )),
+        "{}",
+        out.stderr
+    );
+    // 1.6 names its handlers through its verbose CRI config, 2.x in
+    // runtime_handlers: the message names the engine either way.
+    let version = match generation.engines {
+        Engines::Debian12 => "1.6.",
+        Engines::Sid => "2.",
+    };
+    let line = out
+        .stderr
+        .lines()
+        .find(|line| line.contains("answers after its restart"))
+        .unwrap();
+    assert!(
+        line.starts_with(&format!("nvidia-ctk-installer: containerd {version}")),
+        "{line}"
+    );
+    assert!(
+        out.stderr.contains("previous config was put back"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read(&node.config).unwrap(), before);
+    assert!(!node.drop_in().exists());
+    // Restarted for the install, then for the rollback.
+    assert_eq!(node.containerd.started().len(), 3, "{}", out.stderr);
+    node.containerd.wait_answers();
+
+    // Back on the edited file, with an admin's drop-in (read once our
+    // imports glob is in) that disables the CRI plugin. containerd 1.6's
+    // `config dump` then has no CRI section, so the check before the
+    // restart refuses it; 2.1's dump still has it, containerd starts and
+    // listens, and its CRI never answers: the installer waits for it, then
+    // rolls back.
+    node.containerd.run_on(&node.config);
+    let admin = node.host.join("etc/containerd/conf.d/50-admin.toml");
+    fs::write(
+        &admin,
+        format!(
+            "version = {}\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+            match generation.engines {
+                Engines::Debian12 => 2,
+                Engines::Sid => 3,
+            }
+        ),
+    )
+    .unwrap();
+    let out = node.install_once(&[("RUNTIME_READY_TIMEOUT", "5")]);
+    println!("--- installer, CRI disabled ---\n{}", out.stderr);
+    assert!(!out.success(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("previous config was put back"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read(&node.config).unwrap(), before);
+    assert!(!node.drop_in().exists());
+    match generation.engines {
+        Engines::Debian12 => {
+            assert!(
+                out.stderr.contains("its dump has no CRI plugin"),
+                "{}",
+                out.stderr
+            );
+            assert_eq!(node.containerd.started().len(), 3, "{}", out.stderr);
+        }
+        Engines::Sid => {
+            assert!(
+                out.stderr
+                    .contains("again, but its API did not answer within 5s"),
+                "{}",
+                out.stderr
+            );
+            // The cause: no CRI service at all.
+            assert!(out.stderr.contains("Unimplemented"), "{}", out.stderr);
+            assert_eq!(node.containerd.started().len(), 5, "{}", out.stderr);
+        }
+    }
+    node.containerd.wait_answers();
+    fs::remove_file(&admin).unwrap();
 }
 
 /// dockerd reloads `runtimes` on SIGHUP in place (same pid): the installer
@@ -905,9 +1049,9 @@ fn docker_signal_reload_and_cleanup() {
         .assert_success("docker import");
 
     let path = |p: &Path| p.display().to_string();
-    let log_path = dir.join("installer.log");
-    let mut installer = Command::new(INSTALLER)
-        .envs([
+    let installer = || {
+        let mut cmd = Command::new(INSTALLER);
+        cmd.envs([
             ("RUNTIME", "docker".to_string()),
             ("DOCKER_CONFIG", path(&daemon_json)),
             ("DOCKER_SOCKET", path(&socket)),
@@ -931,17 +1075,60 @@ fn docker_signal_reload_and_cleanup() {
                 path(Path::new(INSTALLER).parent().unwrap()),
             ),
         ])
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+        cmd
+    };
+    let runtimes = || docker(&["info", "--format", "{{json .Runtimes}}"]).stdout;
+
+    // A pending edit of the admin's that dockerd's reload refuses (a
+    // directive both a flag and in the file): SIGHUP leaves the daemon on
+    // its old runtimes, the installer sees that through /info, puts the
+    // previous bytes back, signals again and fails.
+    let pending = "{\n  \"log-level\": \"warn\",\n  \"iptables\": false\n}\n";
+    fs::write(&daemon_json, pending).unwrap();
+    let mut refused = installer();
+    refused.envs([("NO_DAEMON", "true"), ("RUNTIME_READY_TIMEOUT", "5")]);
+    let refused = output_with_timeout(refused, DEADLINE).expect("the installer did not finish");
+    println!("--- installer, reload refused ---\n{}", refused.stderr);
+    assert!(!refused.success(), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&format!(
+            "did not load runtime nvidia, nvidia-cdi, nvidia-legacy from {}",
+            daemon_json.display()
+        )),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("previous config was put back"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(fs::read_to_string(&daemon_json).unwrap(), pending);
+    assert!(!runtimes().contains("nvidia"), "{}", runtimes());
+    assert_eq!(daemon.0.id(), dockerd_pid);
+    fs::write(&daemon_json, before).unwrap();
+
+    let log_path = dir.join("installer.log");
+    let mut installer = installer()
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log_path).unwrap())
         .spawn()
         .expect("start the installer");
     wait_for_line(&log_path, "waiting for SIGTERM", &mut installer);
-    let runtimes = || docker(&["info", "--format", "{{json .Runtimes}}"]).stdout;
-    wait_until("dockerd lists nvidia-legacy", &|| {
-        runtimes().contains("\"nvidia-legacy\"")
-    });
-    assert!(runtimes().contains("\"nvidia-cdi\""), "{}", runtimes());
+    // The installer waited for the reload itself (/info lists them).
+    let installed_log = fs::read_to_string(&log_path).unwrap();
+    assert!(
+        installed_log.contains("lists runtimes nvidia, nvidia-cdi, nvidia-legacy"),
+        "{installed_log}"
+    );
+    for runtime in ["nvidia", "nvidia-cdi", "nvidia-legacy"] {
+        assert!(
+            runtimes().contains(&format!("\"{runtime}\"")),
+            "{}",
+            runtimes()
+        );
+    }
     // Reloaded, not restarted.
     assert_eq!(daemon.0.id(), dockerd_pid);
     let uuid = &driver.gpus[1].uuid;
@@ -998,10 +1185,9 @@ per_generation!(the_installer_image_runs_as_the_daemonset);
 /// file) are mounted at the same path, as the DaemonSet mounts
 /// /usr/local/nvidia and /var/run/cdi.
 fn the_installer_image_runs_as_the_daemonset(generation: Generation) {
-    let Some(generation) = tools(generation) else {
+    let Some(node) = Node::for_test("installer-image", generation) else {
         return;
     };
-    let node = Node::start("installer-image", generation);
     let before = fs::read(&node.config).unwrap();
 
     // The image, without a registry.
@@ -1125,6 +1311,15 @@ fn the_installer_image_runs_as_the_daemonset(generation: Generation) {
     assert!(
         node.containerd.started().len() >= 2,
         "containerd was not restarted"
+    );
+    // The image's static installer asked the CRI through the socket the
+    // DaemonSet mounts, as kubelet will.
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains(
+            "answers on its CRI and serves runtime handlers nvidia, nvidia-cdi, nvidia-legacy"
+        ),
+        "{text}"
     );
     assert!(node
         .root()

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use crate::configure::{self, Engine, FileChange, Options};
 
-use super::restart::{RestartMode, Restarter};
+use super::restart::{Api, RestartMode, Restarter};
 use super::{InstallerError, Result, Settings};
 
 /// Which containerd this is, by where its config lives.
@@ -54,6 +54,11 @@ pub fn resolve(settings: &Settings) -> Result<Target> {
         unit: unit.to_string(),
         host_root: host.clone(),
         exits_on_sighup: engine == Engine::Containerd,
+        api: match engine {
+            Engine::Containerd | Engine::Crio => Api::Cri,
+            Engine::Docker => Api::Docker,
+            Engine::Podman => Api::None,
+        },
         timeout: settings.ready_timeout,
     };
     let plain = |config: PathBuf, socket: &str, mode, unit: &str| Target {
@@ -485,6 +490,23 @@ pub fn check_containerd(
             config: config.to_path_buf(),
             command: what,
             stderr: crate::logging::one_line(String::from_utf8_lossy(&output.stderr).trim()),
+        });
+    }
+    // containerd 1.6 and 1.7 dump only the plugins they load: a config
+    // that disables the CRI plugin has no runtimes section at all.
+    // (1.6 quotes the ids with ", 2.x with '; 2.x's runtimes are in
+    // cri.v1.runtime.)
+    let has_cri = stdout.lines().any(|line| {
+        let line = line.trim_start();
+        line.starts_with("[plugins.")
+            && (line.contains("io.containerd.grpc.v1.cri")
+                || line.contains("io.containerd.cri.v1.runtime"))
+    });
+    if !has_cri {
+        return Err(InstallerError::Refused {
+            config: config.to_path_buf(),
+            command: what,
+            stderr: "its dump has no CRI plugin (is io.containerd.grpc.v1.cri in disabled_plugins?), so kubelet could not use it".into(),
         });
     }
     for handler in handlers {

@@ -20,8 +20,11 @@
 //!    `enable_cdi`;
 //! 6. only if a byte of the engine's config changed: containerd checks it
 //!    (`containerd config dump`), the engine is restarted ([`restart`]) and
-//!    must answer on its socket again; a refused or silent engine gets the
-//!    previous bytes back and another restart;
+//!    must listen on its socket again, then answer its own API and name our
+//!    handlers there (the CRI's Version and Status for containerd and
+//!    CRI-O, what kubelet reads; `/info` for dockerd:
+//!    [`crate::engine_api`]); a refused, silent or unserving engine gets
+//!    the previous bytes back and another restart;
 //! 7. unless `NO_DAEMON`: wait for SIGTERM, SIGINT, SIGHUP, SIGQUIT or
 //!    SIGPIPE, then put the engine's config back byte for byte (CRI-O: only
 //!    the default is unset), restart it, release the lock.
@@ -29,8 +32,9 @@
 //! Where ours differs from NVIDIA's, on purpose: containerd's config
 //! version is read from the root file's `version` (never `containerd
 //! config dump`, whose output is never written back: toolkit#1222,
-//! gpu-operator#2646); no restart when nothing changed; the check and the
-//! rollback; the previous bytes restored on cleanup (so a previous
+//! gpu-operator#2646); no restart when nothing changed; the check, the
+//! engine's own answer after the restart (NVIDIA's sends the signal and
+//! waits for nothing) and the rollback; the previous bytes restored on cleanup (so a previous
 //! `default_runtime_name` comes back: gpu-operator#188, toolkit#1328); the
 //! atomic toolkit swap instead of `rm -rf`; signals that arrive during the
 //! install are held until it is done, then handled (NVIDIA's exits without
@@ -48,6 +52,7 @@
 //! | `NVIDIA_RUNTIME_SET_AS_DEFAULT`, `CONTAINERD_SET_AS_DEFAULT` | honoured, default true |
 //! | `RUNTIME_RESTART_MODE` (signal\|systemd\|none) | honoured; default signal, systemd for CRI-O (and microk8s), none for k0s |
 //! | `RUNTIME_EXECUTABLE_PATH` | ours differs: a containerd the installer runs itself for the check (`config dump`, never used as the config's source); unset: `chroot $HOST_ROOT_MOUNT containerd` on the config's host path |
+//! | `RUNTIME_READY_TIMEOUT` | ours: seconds the engine has after a restart to listen and serve our handlers [default: 60] |
 //! | `RUNTIME_CONFIG_HOST_PATH` | ours: that host path [default: `RUNTIME_CONFIG` less the `HOST_ROOT_MOUNT` prefix; neither: the check is skipped with a warning] |
 //! | `HOST_ROOT_MOUNT` | honoured, default /host |
 //! | `ROOT`, `TOOLKIT_INSTALL_DIR` | honoured, default /usr/local/nvidia |
@@ -141,9 +146,33 @@ pub enum InstallerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the engine did not answer on {socket} within {timeout:?} after its restart: read its log (journalctl -u containerd, or the engine's own), and raise RUNTIME_READY_TIMEOUT if it is only slow")]
-    NotReady { socket: PathBuf, timeout: Duration },
-    #[error("{source}; the previous config was put back and the engine restarted")]
+    #[error("the engine did not answer on {socket} within {timeout:?} after its restart: read its log (journalctl -u {unit}, or the engine's own), and raise RUNTIME_READY_TIMEOUT if it is only slow")]
+    NotReady {
+        socket: PathBuf,
+        timeout: Duration,
+        unit: String,
+    },
+    #[error("the engine listens on {socket} again, but its API did not answer within {timeout:?} after the restart, so kubelet cannot use it either: read its log (journalctl -u {unit}), and raise RUNTIME_READY_TIMEOUT if it is only slow")]
+    NotServing {
+        socket: PathBuf,
+        timeout: Duration,
+        unit: String,
+        #[source]
+        source: Box<crate::engine_api::EngineApiError>,
+    },
+    #[error("the CRI on {socket} still reports RuntimeReady false {timeout:?} after the restart ({reason}: {message}): read its log (journalctl -u {unit})")]
+    RuntimeNotReady {
+        socket: PathBuf,
+        timeout: Duration,
+        reason: String,
+        message: String,
+        unit: String,
+    },
+    #[error("{} on {} answers after its restart but serves no runtime handler {} (it serves {}): it does not read {}; point RUNTIME_CONFIG at the file it runs on (the --config in `systemctl cat {}`), or RUNTIME_DROP_IN_CONFIG at a file its imports name", .0.engine, .0.socket.display(), .0.missing.join(", "), .0.listed.join(", "), .0.config.display(), .0.unit)]
+    HandlersMissing(Box<Unserved>),
+    #[error("{} on {} did not load runtime {} from {} within {:?} of the SIGHUP (it has {}): it refused the reload, and its log says why (journalctl -u {}: \"Error reconfiguring the daemon\")", .0.engine, .0.socket.display(), .0.missing.join(", "), .0.config.display(), .0.timeout, .0.listed.join(", "), .0.unit)]
+    ReloadNotTaken(Box<Unserved>),
+    #[error("the engine did not take the new config, so the previous config was put back and the engine restarted")]
     RolledBack {
         #[source]
         source: Box<InstallerError>,
@@ -162,6 +191,20 @@ pub enum InstallerError {
         #[source]
         source: Box<InstallerError>,
     },
+}
+
+/// An engine that came back without our handlers.
+#[derive(Debug)]
+pub struct Unserved {
+    /// What it said it is (`containerd 2.1.9`, `dockerd 28.5.2`).
+    pub engine: String,
+    pub socket: PathBuf,
+    pub missing: Vec<String>,
+    pub listed: Vec<String>,
+    /// The file we edited.
+    pub config: PathBuf,
+    pub unit: String,
+    pub timeout: Duration,
 }
 
 pub type Result<T, E = InstallerError> = std::result::Result<T, E>;
@@ -290,12 +333,16 @@ pub fn register(
             }
         }
     }
-    if let Err(error) = target.restarter.restart(say) {
+    let expected = restart::Expected {
+        handlers: &handlers,
+        config: &target.config,
+    };
+    if let Err(error) = target.restarter.restart(Some(expected), say) {
         say(&format!("{error}: putting the previous config back"));
         engine::restore(&registration)?;
         // The engine may be down (a crash loop under its supervisor) or
         // up on the new config: either way it must read the old one.
-        if let Err(again) = target.restarter.restart(say) {
+        if let Err(again) = target.restarter.restart(None, say) {
             say(&format!(
                 "{again}: the engine reads the previous config when its supervisor starts it again"
             ));
@@ -304,7 +351,6 @@ pub fn register(
             source: Box::new(error),
         });
     }
-    say("the engine answers again");
     Ok(registration)
 }
 
@@ -353,7 +399,7 @@ pub fn cleanup(
             say(&format!("took our runtimes out: {applied:?}"));
         }
     }
-    target.restarter.restart(say)
+    target.restarter.restart(None, say)
 }
 
 /// The management spec (`<CDI_KIND>=all`), generated by the installed

@@ -1,4 +1,11 @@
-//! Making the engine read its config again, and waiting until it answers.
+//! Making the engine read its config again, and waiting until it serves
+//! what we registered: its socket accepts connections from the restarted
+//! process, then its own API answers (containerd's and CRI-O's CRI, the
+//! calls kubelet makes; dockerd's `/info`) and names our handlers. A
+//! socket alone does not prove it: containerd listens with its CRI
+//! plugin failed, or on a config that is not the one we edited (a unit
+//! whose `--config` names another file), and dockerd keeps its old
+//! runtimes when it refuses a reload.
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -9,7 +16,33 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use nix::unistd::Pid;
 
-use super::{InstallerError, Result};
+use crate::engine_api::{self, EngineApiError};
+
+use super::{InstallerError, Result, Unserved};
+
+/// Which API says the engine is back and what it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// containerd, CRI-O: `Version`, then a verbose `Status`.
+    Cri,
+    /// dockerd: `GET /info`.
+    Docker,
+    /// No API to ask (podman has no daemon): the socket is all.
+    None,
+}
+
+/// What the engine must serve after the restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Expected<'a> {
+    pub handlers: &'a [&'a str],
+    /// The file we edited, for the message when the engine does not read
+    /// it.
+    pub config: &'a Path,
+}
+
+/// Each API call's own limit within the restart's deadline.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY: Duration = Duration::from_millis(200);
 
 /// `RUNTIME_RESTART_MODE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,6 +66,8 @@ pub struct Restarter {
     /// containerd exits on SIGHUP and its supervisor starts a new one, so
     /// "back" means another pid behind the socket; dockerd reloads in place.
     pub exits_on_sighup: bool,
+    pub api: Api,
+    /// For the socket, then the API, together.
     pub timeout: Duration,
 }
 
@@ -59,9 +94,10 @@ pub fn systemctl_command(host_root: &Path, args: &[&str]) -> Command {
 }
 
 impl Restarter {
-    /// Restarts (or reloads) the engine and waits until its socket
-    /// answers again. `None` mode does nothing and waits for nothing.
-    pub fn restart(&self, say: &dyn Fn(&str)) -> Result<()> {
+    /// Restarts (or reloads) the engine and waits until it answers again
+    /// and, when `expected` is given, serves those handlers. `None` mode
+    /// does nothing and waits for nothing.
+    pub fn restart(&self, expected: Option<Expected<'_>>, say: &dyn Fn(&str)) -> Result<()> {
         match self.mode {
             RestartMode::None => {
                 say("restart mode none: the engine was not restarted; restart it to use the new config");
@@ -79,7 +115,9 @@ impl Restarter {
                         source: errno.into(),
                     }
                 })?;
-                self.wait_ready(self.exits_on_sighup.then_some(old))
+                let deadline = Instant::now() + self.timeout;
+                self.wait_ready(self.exits_on_sighup.then_some(old), deadline)?;
+                self.wait_serving(expected, deadline, say)
             }
             RestartMode::Systemd => {
                 let mut command = systemctl_command(&self.host_root, &["restart", &self.unit]);
@@ -96,7 +134,9 @@ impl Restarter {
                         stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
                     });
                 }
-                self.wait_ready(None)
+                let deadline = Instant::now() + self.timeout;
+                self.wait_ready(None, deadline)?;
+                self.wait_serving(expected, deadline, say)
             }
         }
     }
@@ -128,11 +168,9 @@ impl Restarter {
     }
 
     /// Waits until the socket accepts a connection from a process other
-    /// than `old` (when given). This proves the engine parsed its config
-    /// and listens again; the CRI's answer is the tests' to check (the
-    /// library has no gRPC client).
-    pub fn wait_ready(&self, old: Option<i32>) -> Result<()> {
-        let deadline = Instant::now() + self.timeout;
+    /// than `old` (when given): the engine parsed its config and listens
+    /// again.
+    pub fn wait_ready(&self, old: Option<i32>, deadline: Instant) -> Result<()> {
         loop {
             match peer_pid(&self.socket) {
                 Ok(pid) if Some(pid) != old => return Ok(()),
@@ -140,12 +178,176 @@ impl Restarter {
                     return Err(InstallerError::NotReady {
                         socket: self.socket.clone(),
                         timeout: self.timeout,
+                        unit: self.unit.clone(),
                     })
                 }
                 _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     }
+
+    /// Waits until the engine's API answers and (with `expected`) names
+    /// our handlers. The CRI's answer is final once it comes (the handlers
+    /// are read from the config at start); dockerd's reload runs after the
+    /// SIGHUP returns, so `/info` is asked again until the deadline.
+    fn wait_serving(
+        &self,
+        expected: Option<Expected<'_>>,
+        deadline: Instant,
+        say: &dyn Fn(&str),
+    ) -> Result<()> {
+        let mut last: Option<EngineApiError> = None;
+        let mut listed: Option<Vec<String>> = None;
+        let mut engine = String::from("dockerd");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(self.gave_up(expected, last, listed, engine));
+            }
+            let timeout = left.min(CALL_TIMEOUT);
+            match self.api {
+                Api::None => return Ok(()),
+                Api::Cri => match self.cri_status(timeout) {
+                    Err(CriWait::Api(error)) => last = Some(error),
+                    Err(CriWait::NotReady(condition)) => {
+                        last = None;
+                        listed = None;
+                        if Instant::now() + RETRY >= deadline {
+                            return Err(InstallerError::RuntimeNotReady {
+                                socket: self.socket.clone(),
+                                timeout: self.timeout,
+                                reason: condition.reason,
+                                message: condition.message,
+                                unit: self.unit.clone(),
+                            });
+                        }
+                    }
+                    Ok((version, status)) => {
+                        let Some(expected) = expected else {
+                            say(&format!(
+                                "{} {} answers on its CRI",
+                                version.runtime_name, version.runtime_version
+                            ));
+                            return Ok(());
+                        };
+                        let Some(handlers) = status.handlers() else {
+                            say(&format!(
+                                "warning: {} {} answers but names no runtime handlers (no runtime_handlers, no config in its verbose Status): that it serves ours was not checked",
+                                version.runtime_name, version.runtime_version
+                            ));
+                            return Ok(());
+                        };
+                        let missing = missing(expected.handlers, &handlers);
+                        if missing.is_empty() {
+                            say(&format!(
+                                "{} {} answers on its CRI and serves runtime handlers {}",
+                                version.runtime_name,
+                                version.runtime_version,
+                                expected.handlers.join(", ")
+                            ));
+                            return Ok(());
+                        }
+                        return Err(InstallerError::HandlersMissing(Box::new(Unserved {
+                            engine: format!("{} {}", version.runtime_name, version.runtime_version),
+                            socket: self.socket.clone(),
+                            missing,
+                            listed: handlers,
+                            config: expected.config.to_path_buf(),
+                            unit: self.unit.clone(),
+                            timeout: self.timeout,
+                        })));
+                    }
+                },
+                Api::Docker => match engine_api::docker::info(&self.socket, timeout) {
+                    Err(error) => last = Some(error),
+                    Ok(info) => {
+                        let Some(expected) = expected else {
+                            say(&format!("dockerd {} answers", info.server_version));
+                            return Ok(());
+                        };
+                        if missing(expected.handlers, &info.runtimes).is_empty() {
+                            say(&format!(
+                                "dockerd {} lists runtimes {}",
+                                info.server_version,
+                                expected.handlers.join(", ")
+                            ));
+                            return Ok(());
+                        }
+                        last = None;
+                        listed = Some(info.runtimes);
+                        engine = format!("dockerd {}", info.server_version);
+                    }
+                },
+            }
+            std::thread::sleep(RETRY.min(deadline.saturating_duration_since(Instant::now())));
+        }
+    }
+
+    /// `Version` (kubelet's first call: the CRI serves at all), then a
+    /// verbose `Status` whose RuntimeReady must be true.
+    fn cri_status(
+        &self,
+        timeout: Duration,
+    ) -> Result<(engine_api::cri::Version, engine_api::cri::Status), CriWait> {
+        let version = engine_api::cri::version(&self.socket, timeout).map_err(CriWait::Api)?;
+        let status = engine_api::cri::status(&self.socket, true, timeout).map_err(CriWait::Api)?;
+        match status.condition("RuntimeReady") {
+            Some(condition) if !condition.status => Err(CriWait::NotReady(condition.clone())),
+            _ => Ok((version, status)),
+        }
+    }
+
+    /// The error for a deadline that passed: dockerd still without our
+    /// runtimes, or an API that never answered.
+    fn gave_up(
+        &self,
+        expected: Option<Expected<'_>>,
+        last: Option<EngineApiError>,
+        listed: Option<Vec<String>>,
+        engine: String,
+    ) -> InstallerError {
+        match (expected, listed, last) {
+            (Some(expected), Some(listed), _) => {
+                InstallerError::ReloadNotTaken(Box::new(Unserved {
+                    engine,
+                    socket: self.socket.clone(),
+                    timeout: self.timeout,
+                    missing: missing(expected.handlers, &listed),
+                    listed,
+                    config: expected.config.to_path_buf(),
+                    unit: self.unit.clone(),
+                }))
+            }
+            (_, _, Some(source)) => InstallerError::NotServing {
+                socket: self.socket.clone(),
+                timeout: self.timeout,
+                unit: self.unit.clone(),
+                source: Box::new(source),
+            },
+            // The deadline passed before the first call: the socket wait
+            // used it all.
+            _ => InstallerError::NotReady {
+                socket: self.socket.clone(),
+                timeout: self.timeout,
+                unit: self.unit.clone(),
+            },
+        }
+    }
+}
+
+/// Why one CRI round did not settle it.
+enum CriWait {
+    Api(EngineApiError),
+    NotReady(engine_api::cri::Condition),
+}
+
+/// The names of `wanted` that `listed` lacks.
+fn missing(wanted: &[&str], listed: &[String]) -> Vec<String> {
+    wanted
+        .iter()
+        .filter(|name| !listed.iter().any(|l| l == *name))
+        .map(|name| name.to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,6 +362,104 @@ mod tests {
         assert_eq!(args, ["/host", "systemctl", "restart", "crio"]);
         let command = systemctl_command(Path::new("/"), &["restart", "crio"]);
         assert_eq!(command.get_program(), "systemctl");
+    }
+
+    /// A fake dockerd whose /info lists `runtimes` to every caller.
+    fn fake_dockerd(socket: &Path, runtimes: &'static str) {
+        use std::io::{Read, Write};
+        let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = Vec::new();
+                let mut byte = [0u8];
+                while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    request.push(byte[0]);
+                }
+                let body = format!(r#"{{"ServerVersion":"28.5.2","Runtimes":{runtimes}}}"#);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+
+    fn restarter(socket: &Path, timeout: Duration) -> Restarter {
+        Restarter {
+            mode: RestartMode::Signal,
+            socket: socket.to_path_buf(),
+            unit: "docker".into(),
+            host_root: PathBuf::from("/"),
+            exits_on_sighup: false,
+            api: Api::Docker,
+            timeout,
+        }
+    }
+
+    /// dockerd answering without our runtimes is asked again until the
+    /// deadline, then named in the error with what it has; with them, the
+    /// wait ends at once; with nothing expected (a cleanup), an answer is
+    /// enough.
+    #[test]
+    fn dockerd_must_list_our_runtimes() {
+        let dir = std::env::temp_dir().join(format!("ncr-restart-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("daemon.json");
+        let expected = Expected {
+            handlers: &["nvidia", "nvidia-cdi"],
+            config: &config,
+        };
+        let said = std::cell::RefCell::new(Vec::new());
+        let say = |line: &str| said.borrow_mut().push(line.to_string());
+
+        let without = dir.join("without.sock");
+        fake_dockerd(&without, r#"{"runc":{}}"#);
+        let timeout = Duration::from_millis(700);
+        let started = Instant::now();
+        let error = restarter(&without, timeout)
+            .wait_serving(Some(expected), Instant::now() + timeout, &say)
+            .unwrap_err();
+        assert!(started.elapsed() >= timeout);
+        match &error {
+            InstallerError::ReloadNotTaken(unserved) => {
+                assert_eq!(unserved.missing, ["nvidia", "nvidia-cdi"]);
+                assert_eq!(unserved.listed, ["runc"]);
+                assert_eq!(unserved.engine, "dockerd 28.5.2");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(error.to_string().contains("it has runc"), "{error}");
+        restarter(&without, timeout)
+            .wait_serving(None, Instant::now() + timeout, &say)
+            .unwrap();
+
+        let with = dir.join("with.sock");
+        fake_dockerd(&with, r#"{"nvidia":{},"nvidia-cdi":{},"runc":{}}"#);
+        let timeout = Duration::from_secs(30);
+        restarter(&with, timeout)
+            .wait_serving(Some(expected), Instant::now() + timeout, &say)
+            .unwrap();
+        assert_eq!(
+            said.borrow().last().unwrap(),
+            "dockerd 28.5.2 lists runtimes nvidia, nvidia-cdi"
+        );
+
+        // Nobody there: the last error is the cause.
+        let error = restarter(&dir.join("none.sock"), Duration::from_millis(300))
+            .wait_serving(
+                Some(expected),
+                Instant::now() + Duration::from_millis(300),
+                &say,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(error, InstallerError::NotServing { .. }),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -112,7 +112,9 @@ pub struct Cli {
     /// Ours: where the binaries to install are [default: this program's dir].
     #[arg(long, env = "TOOLKIT_SOURCE_DIR")]
     pub toolkit_source_dir: Option<PathBuf>,
-    /// Ours: how long the engine has to answer after a restart, in seconds.
+    /// Ours: how long the engine has, after a restart, to listen again and
+    /// answer its API with our handlers (CRI Version and Status; dockerd's
+    /// /info), in seconds.
     #[arg(long, env = "RUNTIME_READY_TIMEOUT", default_value_t = 60)]
     pub runtime_ready_timeout: u64,
 }

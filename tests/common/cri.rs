@@ -83,6 +83,25 @@ pub fn runtime_handlers(socket: &Path) -> Result<Vec<String>, Error> {
     })
 }
 
+/// Version, then a verbose Status, as tonic reads them: what the
+/// library's own CRI client (src/engine_api) is checked against.
+pub fn version_and_status(socket: &Path) -> Result<(VersionResponse, StatusResponse), Error> {
+    block_on(async {
+        let mut client = connect(socket).await?;
+        let version = client
+            .version(VersionRequest {
+                version: "0.1.0".into(),
+            })
+            .await?
+            .into_inner();
+        let status = client
+            .status(StatusRequest { verbose: true })
+            .await?
+            .into_inner();
+        Ok((version, status))
+    })
+}
+
 /// Whether the CRI answers a Version call.
 pub fn answers(socket: &Path) -> bool {
     block_on(async {
