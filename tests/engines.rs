@@ -621,8 +621,10 @@ fn dockerd_end_to_end(generation: Generation) {
         .stdout;
     assert_eq!(info.server_version, version.trim());
 
-    // A container that asks for nothing runs exactly as under runc.
-    let probe = "ls -l /dev; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
+    // A container that asks for nothing runs exactly as under runc. The
+    // device list without times (`ls -l` prints each node's mtime, which
+    // is the container's start, so two runs a minute apart differed).
+    let probe = "stat -c '%n %A %u:%g %t:%T' /dev/* /dev/pts/*; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
                  mount | grep -v ' / '; env | grep -v HOSTNAME | sort";
     let id = unique_id("plain");
     let plain = docker.run(&[
@@ -654,6 +656,11 @@ fn dockerd_end_to_end(generation: Generation) {
         "no-request container differs from runc's"
     );
     assert!(!plain.stdout.contains("nvidia"), "{}", plain.stdout);
+    assert!(
+        plain.stdout.contains("/dev/null crw-rw-rw- 0:0 1:3\n"),
+        "{}",
+        plain.stdout
+    );
     let log = gpus.debug_log();
     assert!(
         log.lines()
