@@ -619,35 +619,9 @@ mod tests {
     //! real `ld.so` loads libraries through a cache written here.
 
     use super::*;
+    use crate::testing::TempDir;
     use std::path::{Path, PathBuf};
     use std::process::{Command, Output};
-    use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-
-    /// A directory removed on drop (the crate has no tempfile dependency).
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, AtomicOrdering::Relaxed);
-            let path = std::env::temp_dir().join(format!(
-                "ldcache-test-{}-{}-{n}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// Finds a tool on PATH or in the sbin dirs, where `ldconfig` lives.
     fn find_tool(name: &str) -> Option<PathBuf> {
@@ -822,8 +796,8 @@ mod tests {
         let Some([gcc, ldconfig]) = tools("ldconfig_built_caches", ["gcc", "ldconfig"]) else {
             return;
         };
-        let tmp = TempDir::new();
-        let root = tmp.0.join("root");
+        let tmp = TempDir::new("ldcache");
+        let root = tmp.join("root");
         for dir in ["etc", "opt/foo", "opt/foo32", "usr/lib/x86_64-linux-gnu"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
@@ -925,8 +899,8 @@ mod tests {
         };
         let (_, cache) = host_cache();
         let (count, original) = ldconfig_listing(&ldconfig, Path::new("/etc/ld.so.cache"));
-        let tmp = TempDir::new();
-        let written = tmp.0.join("ld.so.cache");
+        let tmp = TempDir::new("ldcache");
+        let written = tmp.join("ld.so.cache");
 
         std::fs::write(&written, cache.to_bytes()).unwrap();
         assert_eq!(
@@ -968,9 +942,9 @@ mod tests {
         let (_, host) = host_cache();
         let host_libc = host.lookup("libc.so.6", FLAGS_X86_64_LIBC6).unwrap();
 
-        let tmp = TempDir::new();
-        let build = tmp.0.join("build");
-        let root = tmp.0.join("root");
+        let tmp = TempDir::new("ldcache");
+        let build = tmp.join("build");
+        let root = tmp.join("root");
         for dir in ["lib64", "etc", "opt/foo", "opt/libc"] {
             std::fs::create_dir_all(root.join(dir)).unwrap();
         }
@@ -1063,8 +1037,8 @@ mod tests {
         for e in &added {
             cache.add_or_replace(e.clone());
         }
-        let tmp = TempDir::new();
-        let written = tmp.0.join("ld.so.cache");
+        let tmp = TempDir::new("ldcache");
+        let written = tmp.join("ld.so.cache");
         std::fs::write(&written, cache.to_bytes()).unwrap();
         let (new_count, lines) = ldconfig_listing(&ldconfig, &written);
         assert_eq!(new_count, count + added.len());

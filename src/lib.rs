@@ -52,3 +52,6 @@ pub mod ldcache;
 pub mod logging;
 pub mod requirements;
 pub mod system;
+
+#[cfg(test)]
+pub(crate) mod testing;

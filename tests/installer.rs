@@ -958,18 +958,11 @@ fn docker_signal_reload_and_cleanup() {
     let Some(_) = tools(Generation::DEBIAN12) else {
         return;
     };
-    let Some(dockerd) = require_tool("dockerd") else {
-        return;
-    };
-    let cli = Path::new("/usr/bin/docker");
-    let cli = if cli.exists() {
-        cli.to_path_buf()
-    } else {
-        let Some(cli) = require_tool("docker") else {
+    for tool in ["dockerd", "docker"] {
+        if require_tool(tool).is_none() {
             return;
-        };
-        cli
-    };
+        }
+    }
     let tmp = TempDir::new("installer-docker");
     let dir = tmp.path();
     let host = dir.join("host");
@@ -980,63 +973,12 @@ fn docker_signal_reload_and_cleanup() {
     let before = "{\n  \"log-level\": \"warn\"\n}\n";
     fs::write(&daemon_json, before).unwrap();
     let socket = dir.join("docker.sock");
-    let log = fs::File::create(dir.join("dockerd.log")).unwrap();
-    let mut daemon = Command::new(dockerd)
-        .arg("--data-root")
-        .arg(dir.join("data"))
-        .arg("--exec-root")
-        .arg(dir.join("exec"))
-        .arg("--pidfile")
-        .arg(dir.join("dockerd.pid"))
-        .arg("--host")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--config-file")
-        .arg(&daemon_json)
-        .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-        .env("NVIDIA_CONTAINER_RUNTIME_STATE_DIR", dir.join("ncr-state"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("start dockerd");
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = wait_with_deadline(&mut self.0, Duration::from_secs(30));
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let dockerd_pid = daemon.id();
-    let client = dir.join("client");
-    fs::create_dir_all(&client).unwrap();
-    let docker = |args: &[&str]| -> RunOutput {
-        let mut cmd = Command::new(&cli);
-        cmd.arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .args(args)
-            .env("DOCKER_CONFIG", &client)
-            .stdin(Stdio::null());
-        output_with_timeout(cmd, DEADLINE).expect("docker CLI timed out")
-    };
-    let wait_until = |what: &str, condition: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + DEADLINE;
-        while !condition() {
-            assert!(
-                Instant::now() < deadline,
-                "{what} not within {DEADLINE:?}:\n{}",
-                fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    if let Ok(Some(status)) = daemon.try_wait() {
-        panic!("dockerd exited: {status}");
-    }
-    let daemon = Kill(daemon);
-    wait_until("dockerd answers", &|| docker(&["version"]).success());
+    let env = [(
+        "NVIDIA_CONTAINER_RUNTIME_STATE_DIR".to_string(),
+        dir.join("ncr-state").display().to_string(),
+    )];
+    let docker = Docker::start(Generation::DEBIAN12, dir, &daemon_json, &env);
+    let dockerd_pid = docker.daemon.child.id();
     let rootfs = build_rootfs(&dir.join("rootfs"), RootfsKind::Glibc { ldconfig: false });
     let tar = dir.join("rootfs.tar");
     let out = command_output({
@@ -1045,7 +987,8 @@ fn docker_signal_reload_and_cleanup() {
         cmd
     });
     out.assert_success("tar");
-    docker(&["import", &tar.display().to_string(), "ncr-gpu:latest"])
+    docker
+        .run(&["import", &tar.display().to_string(), "ncr-gpu:latest"])
         .assert_success("docker import");
 
     let path = |p: &Path| p.display().to_string();
@@ -1078,7 +1021,11 @@ fn docker_signal_reload_and_cleanup() {
         .stdin(Stdio::null());
         cmd
     };
-    let runtimes = || docker(&["info", "--format", "{{json .Runtimes}}"]).stdout;
+    let runtimes = || {
+        docker
+            .run(&["info", "--format", "{{json .Runtimes}}"])
+            .stdout
+    };
 
     // A pending edit of the admin's that dockerd's reload refuses (a
     // directive both a flag and in the file): SIGHUP leaves the daemon on
@@ -1106,7 +1053,7 @@ fn docker_signal_reload_and_cleanup() {
     );
     assert_eq!(fs::read_to_string(&daemon_json).unwrap(), pending);
     assert!(!runtimes().contains("nvidia"), "{}", runtimes());
-    assert_eq!(daemon.0.id(), dockerd_pid);
+    assert_eq!(docker.daemon.child.id(), dockerd_pid);
     fs::write(&daemon_json, before).unwrap();
 
     let log_path = dir.join("installer.log");
@@ -1130,9 +1077,9 @@ fn docker_signal_reload_and_cleanup() {
         );
     }
     // Reloaded, not restarted.
-    assert_eq!(daemon.0.id(), dockerd_pid);
+    assert_eq!(docker.daemon.child.id(), dockerd_pid);
     let uuid = &driver.gpus[1].uuid;
-    let out = docker(&[
+    let out = docker.run(&[
         "run",
         "--rm",
         "--network=none",
@@ -1162,13 +1109,12 @@ fn docker_signal_reload_and_cleanup() {
     // without `runtimes` leaves the running daemon's list as it was until
     // dockerd restarts (the entries point at the toolkit, which stays, as
     // NVIDIA's does: toolkit#494).
-    assert!(docker(&["version"]).success());
-    assert_eq!(daemon.0.id(), dockerd_pid);
+    assert!(docker.run(&["version"]).success());
+    assert_eq!(docker.daemon.child.id(), dockerd_pid);
     println!(
         "dockerd's runtimes after the cleanup's SIGHUP: {}",
         runtimes()
     );
-    drop(daemon);
 }
 
 per_generation!(the_installer_image_runs_as_the_daemonset);

@@ -453,16 +453,9 @@ mod tests {
         options
     }
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ncr-configure-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn extra_runtimes_land_in_one_containerd_drop_in_and_leave_again() {
-        let dir = scratch("extras-ctd");
+        let dir = crate::testing::TempDir::new("configure-extras-ctd");
         let config = dir.join("config.toml");
         std::fs::write(&config, "version = 2\n").unwrap();
         let options = with_extras(Engine::Containerd, &config);
@@ -481,12 +474,11 @@ mod tests {
         let removal = plan(&uninstall).unwrap();
         assert_eq!(removal.files[0].after, None);
         assert_eq!(removal.files[1].after.as_deref(), Some("version = 2\n"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn extra_runtimes_in_docker_and_crio() {
-        let dir = scratch("extras-other");
+        let dir = crate::testing::TempDir::new("configure-extras-other");
         let docker = with_extras(Engine::Docker, &dir.join("daemon.json"));
         let text = plan(&docker).unwrap().files[0].after.clone().unwrap();
         let json: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -513,6 +505,5 @@ mod tests {
             "{after}"
         );
         assert!(!after.contains("default_runtime"), "{after}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

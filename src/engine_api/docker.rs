@@ -223,9 +223,8 @@ mod tests {
     #[test]
     fn get_over_a_socket() {
         use std::os::unix::net::UnixListener;
-        let dir = std::env::temp_dir().join(format!("ncr-docker-api-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testing::TempDir::new("docker-api");
+        let dir = tmp.path().to_path_buf();
         let socket = dir.join("docker.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let server = std::thread::spawn(move || {
@@ -266,6 +265,5 @@ mod tests {
             requests[0]
         );
         assert!(requests[0].contains("Connection: close\r\n"));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

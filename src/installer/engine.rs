@@ -9,6 +9,7 @@ use std::process::Command;
 use crate::configure::{self, Engine, FileChange, Options};
 
 use super::restart::{Api, RestartMode, Restarter};
+use super::toolkit::HANDLERS;
 use super::{InstallerError, Result, Settings};
 
 /// Which containerd this is, by where its config lives.
@@ -218,18 +219,17 @@ fn host_path(host: &Path, path: &Path) -> PathBuf {
 pub fn options(settings: &Settings, target: &Target, toolkit: &Path) -> Options {
     let mut options = Options::new(target.engine);
     options.config = Some(target.config.clone());
-    options.runtime_name = settings.runtime_name.clone();
-    options.runtime_path = toolkit.join("nvidia-container-runtime");
-    options.extra_runtimes = vec![
+    let mut entries = HANDLERS.iter().map(|handler| {
         (
-            format!("{}-cdi", settings.runtime_name),
-            toolkit.join("nvidia-container-runtime.cdi"),
-        ),
-        (
-            format!("{}-legacy", settings.runtime_name),
-            toolkit.join("nvidia-container-runtime.legacy"),
-        ),
-    ];
+            handler.name(&settings.runtime_name),
+            toolkit.join(handler.wrapper),
+        )
+    });
+    if let Some((name, path)) = entries.next() {
+        options.runtime_name = name;
+        options.runtime_path = path;
+    }
+    options.extra_runtimes = entries.collect();
     options.set_as_default = settings.set_as_default;
     options.drop_in = target.drop_in;
     options.drop_in_path = target.drop_in_path.clone();
@@ -260,19 +260,14 @@ pub fn low_level_runtimes(target: &Target, ours: &[String]) -> Vec<String> {
 
 fn default_runtime_binary(target: &Target, ours: &[String]) -> Option<String> {
     let text = std::fs::read_to_string(&target.config).ok()?;
-    match target.engine {
+    // Per engine: the default's name, its entry's binary if it names one,
+    // and what the name means without one.
+    let (name, binary, fallback) = match target.engine {
         Engine::Docker => {
             let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let name = json.get("default-runtime")?.as_str()?;
-            if ours.iter().any(|o| o == name) {
-                return None;
-            }
-            let path = json
-                .get("runtimes")
-                .and_then(|r| r.get(name))
-                .and_then(|r| r.get("path"))
-                .and_then(|p| p.as_str());
-            Some(path.unwrap_or(name).to_string())
+            let name = json.get("default-runtime")?.as_str()?.to_string();
+            let binary = json["runtimes"][&name]["path"].as_str().map(str::to_string);
+            (name.clone(), binary, name)
         }
         Engine::Containerd => {
             let doc: toml_edit::DocumentMut = text.parse().ok()?;
@@ -282,33 +277,34 @@ fn default_runtime_binary(target: &Target, ours: &[String]) -> Option<String> {
             let name = containerd
                 .get("default_runtime_name")
                 .and_then(|n| n.as_str())
-                .unwrap_or("runc");
-            if ours.iter().any(|o| o == name) {
-                return None;
-            }
+                .unwrap_or("runc")
+                .to_string();
             let binary = containerd
                 .get("runtimes")
-                .and_then(|r| r.get(name))
+                .and_then(|r| r.get(&name))
                 .and_then(|r| r.get("options"))
                 .and_then(|o| o.get("BinaryName"))
-                .and_then(|b| b.as_str());
-            Some(binary.unwrap_or("runc").to_string())
+                .and_then(|b| b.as_str())
+                .map(str::to_string);
+            (name, binary, "runc".to_string())
         }
         Engine::Crio | Engine::Podman => {
             let doc: toml_edit::DocumentMut = text.parse().ok()?;
             let runtime = doc.get("crio")?.get("runtime")?;
-            let name = runtime.get("default_runtime")?.as_str()?;
-            if ours.iter().any(|o| o == name) {
-                return None;
-            }
-            let path = runtime
+            let name = runtime.get("default_runtime")?.as_str()?.to_string();
+            let binary = runtime
                 .get("runtimes")
-                .and_then(|r| r.get(name))
+                .and_then(|r| r.get(&name))
                 .and_then(|r| r.get("runtime_path"))
-                .and_then(|p| p.as_str());
-            Some(path.unwrap_or(name).to_string())
+                .and_then(|p| p.as_str())
+                .map(str::to_string);
+            (name.clone(), binary, name)
         }
+    };
+    if ours.contains(&name) {
+        return None;
     }
+    Some(binary.unwrap_or(fallback))
 }
 
 /// One file as it was before we wrote it, and as we wrote it.
@@ -453,10 +449,10 @@ pub fn dump_command(settings: &Settings, config: &Path) -> Result<Command, Unche
 
 /// `containerd --config X config dump` must succeed and show each of our
 /// handlers. This is containerd's own parser and merge (imports, the
-/// plugin sections), run before any restart. On containerd 1.6, whose CRI
-/// Status has no runtime_handlers, it is also the only way to learn
-/// whether containerd sees the handlers the way we meant; the tests add a
-/// CRI pod of each. `Ok(Err(why))` when it could not be run.
+/// plugin sections), run before any restart, so a config containerd
+/// would refuse never reaches the running one; what it serves once
+/// restarted is the restart's own check ([`super::restart`]).
+/// `Ok(Err(why))` when it could not be run.
 pub fn check_containerd(
     settings: &Settings,
     config: &Path,
@@ -527,8 +523,8 @@ mod tests {
 
     #[test]
     fn the_default_runtime_binary_comes_first_and_ours_is_skipped() {
-        let dir = std::env::temp_dir().join(format!("ncr-engine-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testing::TempDir::new("engine");
+        let dir = tmp.path().to_path_buf();
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
@@ -549,13 +545,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(low_level_runtimes(&target, &ours), ["runc", "crun"]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn distributions_are_recognised_or_refused() {
-        let dir = std::env::temp_dir().join(format!("ncr-detect-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = crate::testing::TempDir::new("detect");
+        let dir = tmp.path().to_path_buf();
         let mut settings = Settings::for_tests(Engine::Containerd, &dir);
         settings.config = None;
         settings.socket = None;
@@ -604,7 +599,6 @@ mod tests {
         std::fs::remove_dir_all(dir.join("var")).unwrap();
 
         assert_eq!(resolve(&settings).unwrap().flavour, Flavour::Plain);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -656,9 +650,8 @@ mod tests {
     /// after the cleanup, byte for byte, with no backup of ours left.
     #[test]
     fn restore_brings_back_the_admins_default_runtime() {
-        let dir = std::env::temp_dir().join(format!("ncr-restore-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testing::TempDir::new("restore");
+        let dir = tmp.path().to_path_buf();
         let config = dir.join("config.toml");
         let before = "# v1, edited in place\n[plugins.cri.containerd]\n  default_runtime_name = \"crun\"\n[plugins.cri.containerd.runtimes.crun]\n  runtime_type = \"io.containerd.runc.v2\"\n";
         std::fs::write(&config, before).unwrap();
@@ -677,6 +670,5 @@ mod tests {
         restore(&registration).unwrap();
         assert_eq!(std::fs::read_to_string(&config).unwrap(), before);
         assert!(!configure::backup_path(&config).exists());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -69,7 +69,8 @@ mod tests {
 
     #[test]
     fn a_second_lock_is_refused_with_the_holder() {
-        let dir = std::env::temp_dir().join(format!("ncr-lock-{}", std::process::id()));
+        let tmp = crate::testing::TempDir::new("lock");
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("toolkit/toolkit.pid");
         let first = PidLock::acquire(&path).unwrap();
         let error = PidLock::acquire(&path).unwrap_err();
@@ -82,6 +83,5 @@ mod tests {
         drop(first);
         assert!(!path.exists());
         drop(PidLock::acquire(&path).unwrap());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

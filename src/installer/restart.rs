@@ -196,149 +196,146 @@ impl Restarter {
         deadline: Instant,
         say: &dyn Fn(&str),
     ) -> Result<()> {
-        let mut last: Option<EngineApiError> = None;
-        let mut listed: Option<Vec<String>> = None;
-        let mut engine = String::from("dockerd");
+        // What to report if the deadline passes before the first call (the
+        // socket wait used it all).
+        let mut pending = InstallerError::NotReady {
+            socket: self.socket.clone(),
+            timeout: self.timeout,
+            unit: self.unit.clone(),
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(self.gave_up(expected, last, listed, engine));
+                return Err(pending);
             }
             let timeout = left.min(CALL_TIMEOUT);
-            match self.api {
+            let round = match self.api {
                 Api::None => return Ok(()),
-                Api::Cri => match self.cri_status(timeout) {
-                    Err(CriWait::Api(error)) => last = Some(error),
-                    Err(CriWait::NotReady(condition)) => {
-                        last = None;
-                        listed = None;
-                        if Instant::now() + RETRY >= deadline {
-                            return Err(InstallerError::RuntimeNotReady {
-                                socket: self.socket.clone(),
-                                timeout: self.timeout,
-                                reason: condition.reason,
-                                message: condition.message,
-                                unit: self.unit.clone(),
-                            });
-                        }
-                    }
-                    Ok((version, status)) => {
-                        let Some(expected) = expected else {
-                            say(&format!(
-                                "{} {} answers on its CRI",
-                                version.runtime_name, version.runtime_version
-                            ));
-                            return Ok(());
-                        };
-                        let Some(handlers) = status.handlers() else {
-                            say(&format!(
-                                "warning: {} {} answers but names no runtime handlers (no runtime_handlers, no config in its verbose Status): that it serves ours was not checked",
-                                version.runtime_name, version.runtime_version
-                            ));
-                            return Ok(());
-                        };
-                        let missing = missing(expected.handlers, &handlers);
-                        if missing.is_empty() {
-                            say(&format!(
-                                "{} {} answers on its CRI and serves runtime handlers {}",
-                                version.runtime_name,
-                                version.runtime_version,
-                                expected.handlers.join(", ")
-                            ));
-                            return Ok(());
-                        }
-                        return Err(InstallerError::HandlersMissing(Box::new(Unserved {
-                            engine: format!("{} {}", version.runtime_name, version.runtime_version),
-                            socket: self.socket.clone(),
-                            missing,
-                            listed: handlers,
-                            config: expected.config.to_path_buf(),
-                            unit: self.unit.clone(),
-                            timeout: self.timeout,
-                        })));
-                    }
-                },
-                Api::Docker => match engine_api::docker::info(&self.socket, timeout) {
-                    Err(error) => last = Some(error),
-                    Ok(info) => {
-                        let Some(expected) = expected else {
-                            say(&format!("dockerd {} answers", info.server_version));
-                            return Ok(());
-                        };
-                        if missing(expected.handlers, &info.runtimes).is_empty() {
-                            say(&format!(
-                                "dockerd {} lists runtimes {}",
-                                info.server_version,
-                                expected.handlers.join(", ")
-                            ));
-                            return Ok(());
-                        }
-                        last = None;
-                        listed = Some(info.runtimes);
-                        engine = format!("dockerd {}", info.server_version);
-                    }
-                },
+                Api::Cri => self.cri_round(expected, timeout, say),
+                Api::Docker => self.docker_round(expected, timeout, say),
+            };
+            match round {
+                Round::Done(result) => return result,
+                Round::Again(error) => pending = error,
             }
             std::thread::sleep(RETRY.min(deadline.saturating_duration_since(Instant::now())));
         }
     }
 
     /// `Version` (kubelet's first call: the CRI serves at all), then a
-    /// verbose `Status` whose RuntimeReady must be true.
-    fn cri_status(
+    /// verbose `Status`: RuntimeReady, then the handlers.
+    fn cri_round(
         &self,
+        expected: Option<Expected<'_>>,
         timeout: Duration,
-    ) -> Result<(engine_api::cri::Version, engine_api::cri::Status), CriWait> {
-        let version = engine_api::cri::version(&self.socket, timeout).map_err(CriWait::Api)?;
-        let status = engine_api::cri::status(&self.socket, true, timeout).map_err(CriWait::Api)?;
-        match status.condition("RuntimeReady") {
-            Some(condition) if !condition.status => Err(CriWait::NotReady(condition.clone())),
-            _ => Ok((version, status)),
+        say: &dyn Fn(&str),
+    ) -> Round {
+        let answers = engine_api::cri::version(&self.socket, timeout).and_then(|version| {
+            Ok((
+                version,
+                engine_api::cri::status(&self.socket, true, timeout)?,
+            ))
+        });
+        let (version, status) = match answers {
+            Ok(answers) => answers,
+            Err(error) => return Round::Again(self.not_serving(error)),
+        };
+        if let Some(condition) = status.condition("RuntimeReady").filter(|c| !c.status) {
+            return Round::Again(InstallerError::RuntimeNotReady {
+                socket: self.socket.clone(),
+                timeout: self.timeout,
+                reason: condition.reason.clone(),
+                message: condition.message.clone(),
+                unit: self.unit.clone(),
+            });
+        }
+        let engine = format!("{} {}", version.runtime_name, version.runtime_version);
+        let Some(expected) = expected else {
+            say(&format!("{engine} answers on its CRI"));
+            return Round::Done(Ok(()));
+        };
+        let Some(handlers) = status.handlers() else {
+            say(&format!(
+                "warning: {engine} answers but names no runtime handlers (no runtime_handlers, no config in its verbose Status): that it serves ours was not checked"
+            ));
+            return Round::Done(Ok(()));
+        };
+        if missing(expected.handlers, &handlers).is_empty() {
+            say(&format!(
+                "{engine} answers on its CRI and serves runtime handlers {}",
+                expected.handlers.join(", ")
+            ));
+            return Round::Done(Ok(()));
+        }
+        Round::Done(Err(InstallerError::HandlersMissing(
+            self.unserved(engine, expected, handlers),
+        )))
+    }
+
+    /// `GET /info`: its `Runtimes` name ours once the reload has run.
+    fn docker_round(
+        &self,
+        expected: Option<Expected<'_>>,
+        timeout: Duration,
+        say: &dyn Fn(&str),
+    ) -> Round {
+        let info = match engine_api::docker::info(&self.socket, timeout) {
+            Ok(info) => info,
+            Err(error) => return Round::Again(self.not_serving(error)),
+        };
+        let engine = format!("dockerd {}", info.server_version);
+        let Some(expected) = expected else {
+            say(&format!("{engine} answers"));
+            return Round::Done(Ok(()));
+        };
+        if missing(expected.handlers, &info.runtimes).is_empty() {
+            say(&format!(
+                "{engine} lists runtimes {}",
+                expected.handlers.join(", ")
+            ));
+            return Round::Done(Ok(()));
+        }
+        Round::Again(InstallerError::ReloadNotTaken(self.unserved(
+            engine,
+            expected,
+            info.runtimes,
+        )))
+    }
+
+    fn not_serving(&self, source: EngineApiError) -> InstallerError {
+        InstallerError::NotServing {
+            socket: self.socket.clone(),
+            timeout: self.timeout,
+            unit: self.unit.clone(),
+            source: Box::new(source),
         }
     }
 
-    /// The error for a deadline that passed: dockerd still without our
-    /// runtimes, or an API that never answered.
-    fn gave_up(
+    fn unserved(
         &self,
-        expected: Option<Expected<'_>>,
-        last: Option<EngineApiError>,
-        listed: Option<Vec<String>>,
         engine: String,
-    ) -> InstallerError {
-        match (expected, listed, last) {
-            (Some(expected), Some(listed), _) => {
-                InstallerError::ReloadNotTaken(Box::new(Unserved {
-                    engine,
-                    socket: self.socket.clone(),
-                    timeout: self.timeout,
-                    missing: missing(expected.handlers, &listed),
-                    listed,
-                    config: expected.config.to_path_buf(),
-                    unit: self.unit.clone(),
-                }))
-            }
-            (_, _, Some(source)) => InstallerError::NotServing {
-                socket: self.socket.clone(),
-                timeout: self.timeout,
-                unit: self.unit.clone(),
-                source: Box::new(source),
-            },
-            // The deadline passed before the first call: the socket wait
-            // used it all.
-            _ => InstallerError::NotReady {
-                socket: self.socket.clone(),
-                timeout: self.timeout,
-                unit: self.unit.clone(),
-            },
-        }
+        expected: Expected<'_>,
+        listed: Vec<String>,
+    ) -> Box<Unserved> {
+        Box::new(Unserved {
+            engine,
+            socket: self.socket.clone(),
+            missing: missing(expected.handlers, &listed),
+            listed,
+            config: expected.config.to_path_buf(),
+            unit: self.unit.clone(),
+            timeout: self.timeout,
+        })
     }
 }
 
-/// Why one CRI round did not settle it.
-enum CriWait {
-    Api(EngineApiError),
-    NotReady(engine_api::cri::Condition),
+/// One look at the engine's API.
+enum Round {
+    /// Settled: served (or not checkable), or an error waiting cannot
+    /// change.
+    Done(Result<()>),
+    /// Not yet: the error to report if the deadline passes first.
+    Again(InstallerError),
 }
 
 /// The names of `wanted` that `listed` lacks.
@@ -404,9 +401,8 @@ mod tests {
     /// enough.
     #[test]
     fn dockerd_must_list_our_runtimes() {
-        let dir = std::env::temp_dir().join(format!("ncr-restart-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testing::TempDir::new("restart");
+        let dir = tmp.path().to_path_buf();
         let config = dir.join("daemon.json");
         let expected = Expected {
             handlers: &["nvidia", "nvidia-cdi"],
@@ -459,17 +455,15 @@ mod tests {
             matches!(error, InstallerError::NotServing { .. }),
             "{error}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn peer_pid_is_the_listener() {
-        let dir = std::env::temp_dir().join(format!("ncr-peer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::testing::TempDir::new("peer");
+        let dir = tmp.path().to_path_buf();
         let socket = dir.join("s.sock");
         let _ = std::fs::remove_file(&socket);
         let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         assert_eq!(peer_pid(&socket).unwrap(), std::process::id() as i32);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -16,31 +16,53 @@ use toml_edit::{Array, DocumentMut, Item, Table};
 
 use super::{InstallerError, Result, Settings};
 
-/// The binaries installed as `X.real` plus a `#!/bin/sh` wrapper `X`
-/// (NVIDIA's toolkit/installer wrappers), and whether the wrapper is a
-/// runtime's, which falls back to the low-level runtime without a driver.
-/// The `.cdi`/`.legacy` runtimes are copies of nvidia-container-runtime
-/// whose wrappers point at their own config.toml (ours has no separate
-/// binaries for the modes: the config's `mode` forces them).
-const WRAPPED: &[(&str, &str, bool)] = &[
-    ("nvidia-container-runtime", "nvidia-container-runtime", true),
-    (
-        "nvidia-container-runtime.cdi",
-        "nvidia-container-runtime",
-        true,
-    ),
-    (
-        "nvidia-container-runtime.legacy",
-        "nvidia-container-runtime",
-        true,
-    ),
-    ("nvidia-ctk", "nvidia-ctk", false),
-    (
-        "nvidia-container-runtime-hook",
-        "nvidia-container-runtime-hook",
-        false,
-    ),
+/// One of our three runtimes: the engine's handler
+/// `<NVIDIA_RUNTIME_NAME><suffix>` and the toolkit's wrapper it runs, with
+/// the mode that wrapper's config.toml forces. The `.cdi`/`.legacy`
+/// wrappers run copies of nvidia-container-runtime with their own
+/// config.toml (ours has no separate binaries for the modes: the config's
+/// `mode` forces them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handler {
+    pub suffix: &'static str,
+    pub wrapper: &'static str,
+    pub forced_mode: Option<&'static str>,
+}
+
+/// NVIDIA's three, in the order they are registered (the first is the one
+/// `NVIDIA_RUNTIME_SET_AS_DEFAULT` makes the default).
+pub const HANDLERS: [Handler; 3] = [
+    Handler {
+        suffix: "",
+        wrapper: "nvidia-container-runtime",
+        forced_mode: None,
+    },
+    Handler {
+        suffix: "-cdi",
+        wrapper: "nvidia-container-runtime.cdi",
+        forced_mode: Some("cdi"),
+    },
+    Handler {
+        suffix: "-legacy",
+        wrapper: "nvidia-container-runtime.legacy",
+        forced_mode: Some("legacy"),
+    },
 ];
+
+impl Handler {
+    /// The handler's name in the engine.
+    pub fn name(&self, runtime_name: &str) -> String {
+        format!("{runtime_name}{}", self.suffix)
+    }
+
+    fn of_wrapper(wrapper: &str) -> Option<&'static Handler> {
+        HANDLERS.iter().find(|h| h.wrapper == wrapper)
+    }
+}
+
+/// The tools installed as `X.real` plus a `#!/bin/sh` wrapper `X`
+/// (NVIDIA's toolkit/installer wrappers) beside the runtimes' wrappers.
+const WRAPPED_TOOLS: &[&str] = &["nvidia-ctk", "nvidia-container-runtime-hook"];
 /// Copied as is: the device plugin's CDI specs run it by this path.
 const PLAIN: &[&str] = &["nvidia-cdi-hook"];
 
@@ -51,11 +73,11 @@ pub fn toolkit_dir(root: &Path) -> PathBuf {
 
 /// The config.toml a wrapper points `NVIDIA_CTK_CONFIG_FILE_PATH` at:
 /// NVIDIA's `.config/nvidia-container-runtime/config.toml` for every
-/// wrapper but the `.cdi` and `.legacy` runtimes, which get their own dir
-/// (`.config/nvidia-container-runtime.cdi/`) with the mode forced.
+/// wrapper but the runtimes with a forced mode, which get their own dir
+/// (`.config/nvidia-container-runtime.cdi/`).
 pub fn config_path(toolkit: &Path, wrapper: &str) -> PathBuf {
-    let dir = match wrapper {
-        "nvidia-container-runtime.cdi" | "nvidia-container-runtime.legacy" => wrapper,
+    let dir = match Handler::of_wrapper(wrapper) {
+        Some(handler) if handler.forced_mode.is_some() => wrapper,
         _ => "nvidia-container-runtime",
     };
     toolkit.join(".config").join(dir).join("config.toml")
@@ -143,11 +165,9 @@ pub fn config_text(settings: &Settings, toolkit: &Path, name: &str, runtimes: &[
         list.push(r.as_str());
     }
     runtime.insert("runtimes", toml_edit::value(list));
-    let mode = match name {
-        "nvidia-container-runtime.cdi" => Some("cdi"),
-        "nvidia-container-runtime.legacy" => Some("legacy"),
-        _ => c.mode.as_deref(),
-    };
+    let mode = Handler::of_wrapper(name)
+        .and_then(|handler| handler.forced_mode)
+        .or(c.mode.as_deref());
     if let Some(mode) = mode {
         runtime.insert("mode", toml_edit::value(mode));
     }
@@ -243,7 +263,11 @@ fn fill(settings: &Settings, toolkit: &Path, staging: &Path, runtimes: &[String]
         .proc_root
         .as_deref()
         .map_or_else(|| PathBuf::from("/proc"), PathBuf::from);
-    for &(name, source, runtime) in WRAPPED {
+    let runtimes_wrappers = HANDLERS
+        .iter()
+        .map(|handler| (handler.wrapper, "nvidia-container-runtime", true));
+    let tools = WRAPPED_TOOLS.iter().map(|&name| (name, name, false));
+    for (name, source, runtime) in runtimes_wrappers.chain(tools) {
         copy_binary(
             &settings.source_dir.join(source),
             &staging.join(format!("{name}.real")),

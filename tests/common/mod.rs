@@ -12,6 +12,7 @@ mod artifacts;
 mod bundle;
 mod containerd;
 pub mod cri;
+mod daemon;
 mod fake_driver;
 mod generation;
 mod oci_image;
@@ -24,8 +25,8 @@ mod world;
 // Each test file uses its share of these; `use common::*` gives it all.
 #[allow(unused_imports)]
 pub use {
-    artifacts::*, bundle::*, containerd::*, fake_driver::*, generation::*, oci_image::*, podman::*,
-    procfs::*, rootfs::*, run::*, world::*,
+    artifacts::*, bundle::*, containerd::*, daemon::*, fake_driver::*, generation::*, oci_image::*,
+    podman::*, procfs::*, rootfs::*, run::*, world::*,
 };
 
 use std::collections::hash_map::DefaultHasher;
